@@ -1,0 +1,76 @@
+//! The core of a transactional outbox: events are written to an outbox table
+//! in the same database transaction as the business change, and a
+//! [`Relay`] publishes the committed records to a [`Sink`] and marks them
+//! published.
+//!
+//! - [`OutboxEvent`] (and `#[derive(OutboxEvent)]`): a domain event with its
+//!   topic, key, type and schema version.
+//! - [`NewRecord`] and [`OutboxRecord`]: an event on its way in and as
+//!   stored.
+//! - [`OutboxStore`] (claim, mark, retry, dead letters) and
+//!   [`OutboxAdmin`] (list and requeue dead records, purge, stats): what a
+//!   database adapter implements (`outbox-sea-orm`).
+//! - [`Sink`]: what a transport implements (`outbox-kafka`).
+//! - [`Relay`]: claims batches under a lease, publishes them, retries with
+//!   [`ExponentialBackoff`] under a [`RetryPolicy`], keeps per-key order.
+//! - [`InMemoryStore`] and [`InMemorySink`]: for your tests.
+//!
+//! ```
+//! use outbox_core::{InMemorySink, InMemoryStore, NewRecord, OutboxEvent, OutboxStore, Relay};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
+//! #[outbox(topic = "orders", key = order_id)]
+//! struct OrderPlaced { order_id: u64, total_cents: i64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), outbox_core::Error> {
+//! let store = InMemoryStore::new();
+//! let sink = InMemorySink::new();
+//! let event = OrderPlaced { order_id: 1, total_cents: 990 };
+//! store.enqueue(&[NewRecord::from_event(&event)?]).await?;
+//!
+//! let relay = Relay::builder(store.clone(), sink.clone()).batch_size(100).build()?;
+//! let report = relay.run_once().await?;
+//! assert_eq!(report.published, 1);
+//! assert_eq!(sink.events::<OrderPlaced>(), vec![event]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `derive` (default): re-exports `#[derive(OutboxEvent)]`.
+//! - `testkit`: [`testkit`], the conformance suite every store runs.
+
+mod error;
+mod event;
+mod memory;
+mod record;
+mod relay;
+mod retry;
+mod sink;
+mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{BoxError, Error, StoreError};
+pub use event::{OutboxEvent, TypedEvent, decode, decode_as};
+pub use memory::{FailureKind, InMemorySink, InMemoryStore};
+pub use record::{Headers, NewRecord, OutboxRecord, Status};
+pub use relay::{Relay, RelayBuilder, RelayStatus, RunReport};
+pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryPolicy};
+pub use sink::{Outcome, Sink};
+pub use store::{ClaimRequest, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, Retry};
+
+#[cfg(feature = "derive")]
+pub use outbox_macros::OutboxEvent;
+
+/// Names the derive's generated code uses; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use std::borrow::Cow;
+    pub use std::option::Option;
+    pub use std::string::{String, ToString};
+    pub use typetag;
+}

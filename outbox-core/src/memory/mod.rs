@@ -1,0 +1,7 @@
+//! In-memory test doubles: [`InMemoryStore`] and [`InMemorySink`].
+
+mod sink;
+mod store;
+
+pub use sink::{FailureKind, InMemorySink};
+pub use store::InMemoryStore;

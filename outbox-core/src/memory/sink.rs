@@ -1,0 +1,158 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::event::TypedEvent;
+use crate::record::OutboxRecord;
+use crate::sink::{Outcome, Sink};
+
+/// How an injected failure is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// As [`Outcome::Retriable`]: the relay retries after a backoff.
+    Retriable,
+    /// As [`Outcome::Permanent`]: the relay moves the record to dead
+    /// letters.
+    Permanent,
+}
+
+/// A [`Sink`] that keeps what it is given, for tests: swap it for the
+/// Kafka sink, run the relay, and assert on
+/// [`events`](InMemorySink::events). It can fail on purpose
+/// ([`fail_next`](InMemorySink::fail_next),
+/// [`fail_topic`](InMemorySink::fail_topic)), and it keeps per-key order
+/// as the [`Sink`] contract asks: after a failed record, later records of
+/// the same key in the batch are not delivered. Clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct InMemorySink {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    delivered: Vec<OutboxRecord>,
+    fail_next: Vec<FailureKind>,
+    failing_topics: HashMap<String, FailureKind>,
+    latency: Duration,
+    batches: usize,
+}
+
+impl InMemorySink {
+    /// A sink that delivers everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every record delivered, in delivery order (a record delivered twice
+    /// appears twice).
+    pub fn delivered(&self) -> Vec<OutboxRecord> {
+        self.lock().delivered.clone()
+    }
+
+    /// The delivered records of type `T`, decoded, in delivery order.
+    ///
+    /// # Panics
+    ///
+    /// When a record of `T`'s event type does not decode into `T`: a test
+    /// helper should fail loudly.
+    pub fn events<T: TypedEvent>(&self) -> Vec<T> {
+        self.lock()
+            .delivered
+            .iter()
+            .filter_map(|record| {
+                record
+                    .decode_as::<T>()
+                    .unwrap_or_else(|error| panic!("record {}: {error}", record.id))
+            })
+            .collect()
+    }
+
+    /// How many publish calls (batches) the sink has seen.
+    pub fn batches(&self) -> usize {
+        self.lock().batches
+    }
+
+    /// Fails the next `count` records handed to the sink with `kind`
+    /// (records of failing topics do not use them up).
+    pub fn fail_next(&self, count: usize, kind: FailureKind) {
+        self.lock()
+            .fail_next
+            .extend(std::iter::repeat_n(kind, count));
+    }
+
+    /// Fails every record of `topic` with `kind` until
+    /// [`heal_topic`](InMemorySink::heal_topic).
+    pub fn fail_topic(&self, topic: impl Into<String>, kind: FailureKind) {
+        self.lock().failing_topics.insert(topic.into(), kind);
+    }
+
+    /// Stops failing `topic`.
+    pub fn heal_topic(&self, topic: &str) {
+        self.lock().failing_topics.remove(topic);
+    }
+
+    /// Forgets every injected failure.
+    pub fn clear_failures(&self) {
+        let mut state = self.lock();
+        state.fail_next.clear();
+        state.failing_topics.clear();
+    }
+
+    /// Makes every publish call take `latency` first, to stand for a slow
+    /// broker.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Sink for InMemorySink {
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        let latency = self.lock().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut state = self.lock();
+        state.batches += 1;
+        let mut failed_keys: HashSet<&str> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            let key = record.key.as_deref();
+            if key.is_some_and(|key| failed_keys.contains(key)) {
+                outcomes.push(Outcome::retriable(format!(
+                    "held back: an earlier record of key {:?} failed in this batch",
+                    record.key.as_deref().unwrap_or_default()
+                )));
+                continue;
+            }
+            let failure = match state.failing_topics.get(&record.topic) {
+                Some(kind) => Some(*kind),
+                None if !state.fail_next.is_empty() => Some(state.fail_next.remove(0)),
+                None => None,
+            };
+            match failure {
+                None => {
+                    state.delivered.push(record.clone());
+                    outcomes.push(Outcome::Delivered);
+                }
+                Some(kind) => {
+                    if let Some(key) = key {
+                        failed_keys.insert(key);
+                    }
+                    let message = format!("injected failure on topic `{}`", record.topic);
+                    outcomes.push(match kind {
+                        FailureKind::Retriable => Outcome::retriable(message),
+                        FailureKind::Permanent => Outcome::permanent(message),
+                    });
+                }
+            }
+        }
+        outcomes
+    }
+}

@@ -1,0 +1,57 @@
+use std::ops::AddAssign;
+
+use chrono::{DateTime, Utc};
+
+/// What one [`Relay::run_once`](super::Relay::run_once) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Records claimed.
+    pub claimed: usize,
+    /// Records delivered and marked published.
+    pub published: usize,
+    /// Records that failed and were scheduled for another attempt.
+    pub retried: usize,
+    /// Records moved to dead letters.
+    pub dead: usize,
+    /// Records released without an attempt counted (held back behind a
+    /// failed record of their key).
+    pub released: usize,
+}
+
+impl AddAssign for RunReport {
+    fn add_assign(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.released += other.released;
+    }
+}
+
+/// What a relay has done so far, for operators and health checks
+/// ([`Relay::status`](super::Relay::status)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// The relay's id.
+    pub relay_id: String,
+    /// Whether [`Relay::run`](super::Relay::run) is looping.
+    pub running: bool,
+    /// When the last batch ended, successfully or not.
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// The error of the last batch, cleared by a successful one.
+    pub last_error: Option<String>,
+    /// Totals since the relay was built.
+    pub totals: RunReport,
+}
+
+impl RelayStatus {
+    pub(super) fn new(relay_id: String) -> Self {
+        Self {
+            relay_id,
+            running: false,
+            last_run_at: None,
+            last_error: None,
+            totals: RunReport::default(),
+        }
+    }
+}

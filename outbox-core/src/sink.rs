@@ -1,0 +1,105 @@
+//! The transport side: [`Sink`] and the [`Outcome`] of each record.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::BoxError;
+use crate::record::OutboxRecord;
+
+/// Where the relay publishes records: Kafka in production
+/// (`outbox-kafka`), an [`InMemorySink`](crate::InMemorySink) in tests.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Publishes a batch and returns one [`Outcome`] per record, in the
+    /// order of `records`.
+    ///
+    /// `records` come in claim order (by id). For each key, the records of
+    /// that key come in enqueue order, and the sink must not deliver a
+    /// record once an earlier record of the same key in this batch has
+    /// failed: it reports such records as failed too (the relay releases
+    /// them without counting an attempt). That keeps per-key order in the
+    /// destination when a batch fails part-way.
+    ///
+    /// A sink-wide failure (the broker is unreachable) is a retriable
+    /// outcome for every record.
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome>;
+}
+
+#[async_trait]
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        (**self).publish(records).await
+    }
+}
+
+#[async_trait]
+impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        (**self).publish(records).await
+    }
+}
+
+/// What became of one record handed to a [`Sink`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// The destination acknowledged the record.
+    Delivered,
+    /// Not delivered; trying again later may succeed (a timeout, a broker
+    /// down, a leader change, a full queue).
+    Retriable(BoxError),
+    /// Not delivered, and trying again cannot help (message too large,
+    /// invalid record, not authorized): the record goes to dead letters.
+    Permanent(BoxError),
+}
+
+impl Outcome {
+    /// A retriable outcome with a message.
+    pub fn retriable(error: impl Into<BoxError>) -> Self {
+        Outcome::Retriable(error.into())
+    }
+
+    /// A permanent outcome with a message.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Outcome::Permanent(error.into())
+    }
+
+    /// Whether the record was delivered.
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Outcome::Delivered)
+    }
+
+    /// The error, unless delivered.
+    pub fn error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            Outcome::Delivered => None,
+            Outcome::Retriable(e) | Outcome::Permanent(e) => Some(&**e),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Delivered => f.write_str("delivered"),
+            Outcome::Retriable(e) => write!(f, "retriable failure: {}", error_chain(&**e)),
+            Outcome::Permanent(e) => write!(f, "permanent failure: {}", error_chain(&**e)),
+        }
+    }
+}
+
+/// `error: cause: cause`, the form stored as a record's `last_error`.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Proves that [`Sink`] is object safe.
+#[allow(dead_code)]
+fn assert_object_safe(_: Box<dyn Sink>) {}
