@@ -20,14 +20,14 @@ use crate::Error;
 ///
 /// #[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
 /// #[outbox(topic = "orders", key = order_id)]
-/// struct OrderPlaced { order_id: u64, total_cents: i64 }
+/// struct OrderOpened { order_id: u64, total_cents: i64 }
 ///
 /// #[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
 /// #[outbox(topic = "orders", key = order_id, event_type = "order.cancelled", version = 2)]
 /// struct OrderCancelled { order_id: u64 }
 ///
 /// let events: Vec<Box<dyn OutboxEvent>> = vec![
-///     Box::new(OrderPlaced { order_id: 7, total_cents: 1250 }),
+///     Box::new(OrderOpened { order_id: 7, total_cents: 1250 }),
 ///     Box::new(OrderCancelled { order_id: 7 }),
 /// ];
 /// let json = serde_json::to_string(&events).unwrap();
@@ -97,10 +97,8 @@ pub fn decode(event_type: &str, payload: &[u8]) -> Result<Box<dyn OutboxEvent>, 
     };
     let value: serde_json::Value = serde_json::from_slice(payload).map_err(decode_error)?;
     // typetag's default representation is externally tagged: `{tag: value}`.
-    let tagged = serde_json::Value::Object(serde_json::Map::from_iter([(
-        event_type.to_owned(),
-        value,
-    )]));
+    let tagged =
+        serde_json::Value::Object(serde_json::Map::from_iter([(event_type.to_owned(), value)]));
     serde_json::from_value(tagged).map_err(decode_error)
 }
 

@@ -38,6 +38,17 @@
 //! # }
 //! ```
 //!
+//! # Observability
+//!
+//! The relay opens `tracing` spans `outbox.claim`, `outbox.publish` and
+//! `outbox.mark` with record counts, reports through the `metrics` facade
+//! (counters `outbox_claimed_total`, `outbox_published_total`,
+//! `outbox_retried_total`, `outbox_dead_total`, `outbox_released_total`,
+//! `outbox_batch_errors_total`; histograms `outbox_batch_seconds` and
+//! `outbox_publish_lag_seconds`, enqueue to delivery), and keeps a
+//! [`RelayStatus`] for health checks. [`OutboxAdmin::stats`] gives the
+//! backlog and the age of the oldest pending record.
+//!
 //! # Feature flags
 //!
 //! - `derive` (default): re-exports `#[derive(OutboxEvent)]`.

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::{OutboxEvent, TypedEvent, decode, decode_as, payload_json};
 use crate::Error;
+use crate::event::{OutboxEvent, TypedEvent, decode, decode_as, payload_json};
 
 /// The headers of a record, by name. Sorted, so records compare and store
 /// deterministically.

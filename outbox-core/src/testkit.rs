@@ -1,0 +1,632 @@
+//! The store conformance suite: the behaviour every [`OutboxStore`] and
+//! [`OutboxAdmin`] must show, run by the in-memory store here and by every
+//! database backend of `outbox-sea-orm`.
+//!
+//! ```ignore
+//! async fn store() -> (MyStore, MyGuard) { /* a fresh, empty store */ }
+//! outbox_core::store_conformance_tests!(store);
+//! ```
+//!
+//! [`store_conformance_tests!`](crate::store_conformance_tests) expands to
+//! one `#[tokio::test]` per case, so the calling crate needs `tokio` with
+//! the `macros` and `rt-multi-thread` features. The factory returns a fresh,
+//! empty store and a guard that lives as long as the test (a database that
+//! is dropped with it, or `()`). Each case is also a public function here,
+//! to run on its own.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
+
+use crate::{
+    ClaimRequest, DeadLetter, NewRecord, OutboxAdmin, OutboxRecord, OutboxStore, Retry, Status,
+};
+
+/// What a store must be to run the suite.
+pub trait TestStore: OutboxStore + OutboxAdmin + Clone + 'static {}
+impl<T: OutboxStore + OutboxAdmin + Clone + 'static> TestStore for T {}
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling
+/// `$factory().await` for a fresh `(store, guard)`.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($factory:path) => {
+        $crate::store_conformance_tests!(@cases $factory;
+            enqueue_keeps_every_field,
+            claims_pending_records_in_id_order,
+            claims_only_available_records,
+            leased_records_are_not_claimed_again,
+            expired_lease_is_taken_over,
+            mark_published_removes_from_claims,
+            only_the_lease_owner_settles,
+            retry_counts_the_attempt_and_waits,
+            dead_letters_are_listed_and_requeued,
+            requeue_all_revives_every_dead_record,
+            release_makes_records_claimable_without_an_attempt,
+            purge_removes_old_published_in_batches,
+            stats_count_by_status,
+            claims_take_a_prefix_of_each_key,
+            a_key_in_backoff_blocks_only_itself,
+            a_key_leased_elsewhere_blocks_only_itself,
+            a_dead_record_no_longer_blocks_its_key,
+            concurrent_claimers_get_disjoint_records_in_key_order,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = $factory().await;
+                $crate::testkit::$case(store).await;
+            }
+        )*
+    };
+}
+
+const TOPIC: &str = "conformance";
+
+/// A record of `key` whose payload carries `n`.
+pub fn record(key: Option<&str>, n: u32) -> NewRecord {
+    let now = Utc::now();
+    NewRecord {
+        event_id: Uuid::now_v7(),
+        topic: TOPIC.to_owned(),
+        key: key.map(str::to_owned),
+        event_type: "ConformanceEvent".to_owned(),
+        schema_version: 1,
+        payload: format!(r#"{{"n":{n}}}"#),
+        headers: BTreeMap::from([("origin".to_owned(), "testkit".to_owned())]),
+        created_at: now,
+        available_at: now,
+    }
+}
+
+fn claim_request(owner: &str, limit: usize, now: DateTime<Utc>) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner.to_owned(),
+        limit,
+        lease: Duration::from_secs(30),
+        now,
+    }
+}
+
+async fn claim<S: TestStore>(
+    store: &S,
+    owner: &str,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Vec<OutboxRecord> {
+    store
+        .claim(&claim_request(owner, limit, now))
+        .await
+        .expect("claim failed")
+}
+
+async fn enqueue<S: TestStore>(store: &S, records: &[NewRecord]) -> Vec<OutboxRecord> {
+    store.enqueue(records).await.expect("enqueue failed");
+    // Read them back through a claim far in the future, then release.
+    let all = claim(store, "reader", usize::MAX >> 1, far_future()).await;
+    let ids: Vec<i64> = all.iter().map(|r| r.id).collect();
+    store.release("reader", &ids).await.expect("release failed");
+    let wanted: HashSet<Uuid> = records.iter().map(|r| r.event_id).collect();
+    let mut found: Vec<OutboxRecord> = all
+        .into_iter()
+        .filter(|r| wanted.contains(&r.event_id))
+        .collect();
+    found.sort_by_key(|r| r.id);
+    assert_eq!(
+        found.len(),
+        records.len(),
+        "not every enqueued record was stored"
+    );
+    found
+}
+
+fn far_future() -> DateTime<Utc> {
+    Utc::now() + TimeDelta::days(365)
+}
+
+fn ids(records: &[OutboxRecord]) -> Vec<i64> {
+    records.iter().map(|r| r.id).collect()
+}
+
+fn close(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
+    (a - b).abs() <= TimeDelta::milliseconds(1)
+}
+
+/// Every field of a record comes back as enqueued, ids ascend in enqueue
+/// order.
+pub async fn enqueue_keeps_every_field<S: TestStore>(store: S) {
+    let mut first = record(Some("order-1"), 1).with_header("traceparent", "00-abc-def-01");
+    first.schema_version = 3;
+    let second = record(None, 2);
+    let stored = enqueue(&store, &[first.clone(), second.clone()]).await;
+    assert!(
+        stored[0].id < stored[1].id,
+        "ids must ascend in enqueue order"
+    );
+    for (new, got) in [first, second].iter().zip(&stored) {
+        assert_eq!(got.event_id, new.event_id);
+        assert_eq!(got.topic, new.topic);
+        assert_eq!(got.key, new.key);
+        assert_eq!(got.event_type, new.event_type);
+        assert_eq!(got.schema_version, new.schema_version);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&got.payload).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&new.payload).unwrap()
+        );
+        assert_eq!(got.headers, new.headers);
+        assert_eq!(got.status, Status::Pending);
+        assert_eq!(got.attempts, 0);
+        assert_eq!(got.last_error, None);
+        assert!(close(got.created_at, new.created_at), "created_at changed");
+        assert!(
+            close(got.available_at, new.available_at),
+            "available_at changed"
+        );
+    }
+}
+
+/// Claims come in id order, bounded by the limit, and leave the rest.
+pub async fn claims_pending_records_in_id_order<S: TestStore>(store: S) {
+    let stored = enqueue(&store, &(0..5).map(|n| record(None, n)).collect::<Vec<_>>()).await;
+    let now = Utc::now();
+    let first = claim(&store, "a", 3, now).await;
+    assert_eq!(ids(&first), ids(&stored[..3]));
+    let second = claim(&store, "b", 10, now).await;
+    assert_eq!(ids(&second), ids(&stored[3..]));
+    assert!(claim(&store, "c", 10, now).await.is_empty());
+}
+
+/// A record available later (delayed delivery, backoff) waits until then.
+pub async fn claims_only_available_records<S: TestStore>(store: S) {
+    let later = Utc::now() + TimeDelta::minutes(10);
+    store
+        .enqueue(&[record(None, 1).available_at(later)])
+        .await
+        .unwrap();
+    assert!(claim(&store, "a", 10, Utc::now()).await.is_empty());
+    let claimed = claim(&store, "a", 10, later + TimeDelta::seconds(1)).await;
+    assert_eq!(claimed.len(), 1);
+}
+
+/// A record under a live lease is not claimed by anyone, its owner
+/// included.
+pub async fn leased_records_are_not_claimed_again<S: TestStore>(store: S) {
+    enqueue(&store, &[record(None, 1), record(None, 2)]).await;
+    let now = Utc::now();
+    assert_eq!(claim(&store, "a", 10, now).await.len(), 2);
+    assert!(
+        claim(&store, "b", 10, now + TimeDelta::seconds(29))
+            .await
+            .is_empty()
+    );
+    assert!(claim(&store, "a", 10, now).await.is_empty());
+    let stats = store.stats(now).await.unwrap();
+    assert_eq!((stats.pending, stats.leased), (2, 2));
+}
+
+/// Past its lease a claim is taken over, and the first owner can no longer
+/// settle it.
+pub async fn expired_lease_is_taken_over<S: TestStore>(store: S) {
+    enqueue(&store, &[record(Some("k"), 1), record(Some("k"), 2)]).await;
+    let now = Utc::now();
+    let first = claim(&store, "crashed", 10, now).await;
+    assert_eq!(first.len(), 2);
+    let after_lease = now + TimeDelta::seconds(31);
+    let taken = claim(&store, "rescuer", 10, after_lease).await;
+    assert_eq!(
+        ids(&taken),
+        ids(&first),
+        "the rescuer takes over the whole claim"
+    );
+    assert_eq!(
+        store.mark_published("crashed", &ids(&first)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.mark_published("rescuer", &ids(&taken)).await.unwrap(),
+        2
+    );
+    assert_eq!(store.stats(after_lease).await.unwrap().published, 2);
+}
+
+/// Published records are never claimed again.
+pub async fn mark_published_removes_from_claims<S: TestStore>(store: S) {
+    enqueue(&store, &(0..4).map(|n| record(None, n)).collect::<Vec<_>>()).await;
+    let claimed = claim(&store, "a", 10, Utc::now()).await;
+    assert_eq!(store.mark_published("a", &ids(&claimed)).await.unwrap(), 4);
+    assert!(claim(&store, "b", 10, far_future()).await.is_empty());
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!((stats.pending, stats.published, stats.leased), (0, 4, 0));
+}
+
+/// Nothing settles a record leased to someone else, or not leased at all.
+pub async fn only_the_lease_owner_settles<S: TestStore>(store: S) {
+    let stored = enqueue(&store, &[record(None, 1), record(None, 2)]).await;
+    let claimed = claim(&store, "owner", 1, Utc::now()).await;
+    let leased = claimed[0].id;
+    let free = stored[1].id;
+    let when = Utc::now();
+    for id in [leased, free] {
+        assert_eq!(store.mark_published("thief", &[id]).await.unwrap(), 0);
+        let retry = Retry {
+            id,
+            error: "x".into(),
+            retry_at: when,
+        };
+        assert_eq!(store.schedule_retry("thief", &[retry]).await.unwrap(), 0);
+        let dead = DeadLetter {
+            id,
+            error: "x".into(),
+        };
+        assert_eq!(store.mark_dead("thief", &[dead]).await.unwrap(), 0);
+        assert_eq!(store.release("thief", &[id]).await.unwrap(), 0);
+    }
+    assert_eq!(
+        store.mark_published("owner", &[free]).await.unwrap(),
+        0,
+        "not leased"
+    );
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!((stats.pending, stats.leased, stats.dead), (2, 1, 0));
+}
+
+/// A retry counts the attempt, keeps the error, and waits for `retry_at`.
+pub async fn retry_counts_the_attempt_and_waits<S: TestStore>(store: S) {
+    enqueue(&store, &[record(None, 1)]).await;
+    let now = Utc::now();
+    let claimed = claim(&store, "a", 10, now).await;
+    let retry_at = now + TimeDelta::seconds(60);
+    let retry = Retry {
+        id: claimed[0].id,
+        error: "broker timed out".into(),
+        retry_at,
+    };
+    assert_eq!(store.schedule_retry("a", &[retry]).await.unwrap(), 1);
+    assert!(
+        claim(&store, "a", 10, now + TimeDelta::seconds(59))
+            .await
+            .is_empty()
+    );
+    let again = claim(&store, "a", 10, retry_at + TimeDelta::seconds(1)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].last_error.as_deref(), Some("broker timed out"));
+    assert!(close(again[0].available_at, retry_at));
+}
+
+/// Dead records keep their error, are listed page by page, and a requeued
+/// one is claimable at once with its attempts reset.
+pub async fn dead_letters_are_listed_and_requeued<S: TestStore>(store: S) {
+    enqueue(&store, &(0..3).map(|n| record(None, n)).collect::<Vec<_>>()).await;
+    let claimed = claim(&store, "a", 10, Utc::now()).await;
+    let dead: Vec<DeadLetter> = claimed
+        .iter()
+        .map(|r| DeadLetter {
+            id: r.id,
+            error: format!("too large: {}", r.id),
+        })
+        .collect();
+    assert_eq!(store.mark_dead("a", &dead).await.unwrap(), 3);
+    assert!(
+        claim(&store, "a", 10, far_future()).await.is_empty(),
+        "dead is not claimable"
+    );
+
+    let page = store.list_dead(None, 2).await.unwrap();
+    assert_eq!(ids(&page), ids(&claimed[..2]));
+    let rest = store.list_dead(Some(page[1].id), 2).await.unwrap();
+    assert_eq!(ids(&rest), ids(&claimed[2..]));
+    assert_eq!(page[0].status, Status::Dead);
+    assert_eq!(page[0].attempts, 1);
+    assert_eq!(
+        page[0].last_error,
+        Some(format!("too large: {}", page[0].id))
+    );
+
+    assert!(store.requeue(claimed[1].id).await.unwrap());
+    assert!(
+        !store.requeue(claimed[1].id).await.unwrap(),
+        "no longer dead"
+    );
+    assert!(!store.requeue(i64::MAX).await.unwrap(), "no such record");
+    let revived = claim(&store, "b", 10, Utc::now() + TimeDelta::seconds(1)).await;
+    assert_eq!(ids(&revived), vec![claimed[1].id]);
+    assert_eq!(revived[0].attempts, 0);
+    assert_eq!(revived[0].status, Status::Pending);
+    assert_eq!(store.stats(Utc::now()).await.unwrap().dead, 2);
+}
+
+/// `requeue_all` revives every dead record and nothing else.
+pub async fn requeue_all_revives_every_dead_record<S: TestStore>(store: S) {
+    enqueue(&store, &(0..4).map(|n| record(None, n)).collect::<Vec<_>>()).await;
+    let claimed = claim(&store, "a", 10, Utc::now()).await;
+    let dead: Vec<DeadLetter> = claimed[..3]
+        .iter()
+        .map(|r| DeadLetter {
+            id: r.id,
+            error: "boom".into(),
+        })
+        .collect();
+    store.mark_dead("a", &dead).await.unwrap();
+    store.mark_published("a", &[claimed[3].id]).await.unwrap();
+    assert_eq!(store.requeue_all().await.unwrap(), 3);
+    assert_eq!(store.requeue_all().await.unwrap(), 0);
+    let revived = claim(&store, "b", 10, Utc::now() + TimeDelta::seconds(1)).await;
+    assert_eq!(ids(&revived), ids(&claimed[..3]));
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!((stats.pending, stats.published, stats.dead), (3, 1, 0));
+}
+
+/// A released record is claimable at once, with no attempt counted.
+pub async fn release_makes_records_claimable_without_an_attempt<S: TestStore>(store: S) {
+    enqueue(&store, &[record(Some("k"), 1)]).await;
+    let now = Utc::now();
+    let claimed = claim(&store, "a", 10, now).await;
+    assert_eq!(store.release("a", &ids(&claimed)).await.unwrap(), 1);
+    let again = claim(&store, "b", 10, now).await;
+    assert_eq!(ids(&again), ids(&claimed));
+    assert_eq!(again[0].attempts, 0);
+}
+
+/// Purge deletes published records older than the cutoff, batch by batch,
+/// and nothing else.
+pub async fn purge_removes_old_published_in_batches<S: TestStore>(store: S) {
+    enqueue(&store, &(0..7).map(|n| record(None, n)).collect::<Vec<_>>()).await;
+    let claimed = claim(&store, "a", 10, Utc::now()).await;
+    store
+        .mark_published("a", &ids(&claimed[..5]))
+        .await
+        .unwrap();
+    store
+        .mark_dead(
+            "a",
+            &[DeadLetter {
+                id: claimed[5].id,
+                error: "x".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    store.release("a", &[claimed[6].id]).await.unwrap();
+
+    let before_publish = Utc::now() - TimeDelta::hours(1);
+    assert_eq!(store.purge_published(before_publish, 2).await.unwrap(), 0);
+    let cutoff = Utc::now() + TimeDelta::seconds(1);
+    assert_eq!(store.purge_published(cutoff, 2).await.unwrap(), 5);
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!((stats.pending, stats.published, stats.dead), (1, 0, 1));
+}
+
+/// Stats count by status and report the oldest pending record.
+pub async fn stats_count_by_status<S: TestStore>(store: S) {
+    let empty = store.stats(Utc::now()).await.unwrap();
+    assert_eq!(empty, crate::OutboxStats::default());
+    assert_eq!(empty.oldest_pending_age(Utc::now()), Duration::ZERO);
+
+    let mut old = record(None, 1);
+    old.created_at = Utc::now() - TimeDelta::minutes(5);
+    enqueue(
+        &store,
+        &[
+            old.clone(),
+            record(None, 2),
+            record(None, 3),
+            record(None, 4),
+        ],
+    )
+    .await;
+    let claimed = claim(&store, "a", 2, Utc::now()).await;
+    store.mark_published("a", &[claimed[0].id]).await.unwrap();
+    store
+        .mark_dead(
+            "a",
+            &[DeadLetter {
+                id: claimed[1].id,
+                error: "x".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    let now = Utc::now();
+    claim(&store, "b", 1, now).await;
+    let stats = store.stats(now).await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.leased, stats.published, stats.dead),
+        (2, 1, 1, 1)
+    );
+    // The old record was published; the oldest pending is a newer one.
+    let oldest = stats.oldest_pending_at.expect("two records pending");
+    assert!(oldest > old.created_at + TimeDelta::minutes(4));
+    assert!(stats.oldest_pending_age(now + TimeDelta::seconds(10)) >= Duration::from_secs(9));
+}
+
+/// One claim may take several records of a key, always the earliest ones.
+pub async fn claims_take_a_prefix_of_each_key<S: TestStore>(store: S) {
+    let stored = enqueue(
+        &store,
+        &[
+            record(Some("k"), 1),
+            record(Some("k"), 2),
+            record(Some("l"), 3),
+            record(Some("k"), 4),
+        ],
+    )
+    .await;
+    let first = claim(&store, "a", 2, Utc::now()).await;
+    assert_eq!(ids(&first), ids(&stored[..2]));
+    // k's third record waits behind the two leased ones; l flows.
+    let second = claim(&store, "b", 10, Utc::now()).await;
+    assert_eq!(ids(&second), vec![stored[2].id]);
+}
+
+/// A record in backoff holds back later records of its key, not of others.
+pub async fn a_key_in_backoff_blocks_only_itself<S: TestStore>(store: S) {
+    let stored = enqueue(
+        &store,
+        &[
+            record(Some("k"), 1),
+            record(Some("k"), 2),
+            record(Some("l"), 3),
+        ],
+    )
+    .await;
+    let now = Utc::now();
+    let claimed = claim(&store, "a", 10, now).await;
+    assert_eq!(claimed.len(), 3);
+    let retry_at = now + TimeDelta::seconds(60);
+    let retry = Retry {
+        id: stored[0].id,
+        error: "timeout".into(),
+        retry_at,
+    };
+    store.schedule_retry("a", &[retry]).await.unwrap();
+    store.release("a", &[stored[1].id]).await.unwrap();
+    store.mark_published("a", &[stored[2].id]).await.unwrap();
+    store
+        .enqueue(&[record(Some("l"), 4), record(None, 5)])
+        .await
+        .unwrap();
+
+    let flowing = claim(&store, "a", 10, now + TimeDelta::seconds(1)).await;
+    assert_eq!(
+        flowing.len(),
+        2,
+        "l and the unkeyed record flow: {flowing:?}"
+    );
+    assert!(flowing.iter().all(|r| r.key.as_deref() != Some("k")));
+    store.mark_published("a", &ids(&flowing)).await.unwrap();
+
+    let after_backoff = claim(&store, "a", 10, retry_at + TimeDelta::seconds(1)).await;
+    assert_eq!(ids(&after_backoff), ids(&stored[..2]), "k resumes in order");
+}
+
+/// A record leased by one relay holds back later records of its key from
+/// every other relay.
+pub async fn a_key_leased_elsewhere_blocks_only_itself<S: TestStore>(store: S) {
+    let stored = enqueue(
+        &store,
+        &[
+            record(Some("k"), 1),
+            record(Some("l"), 2),
+            record(Some("k"), 3),
+            record(Some("l"), 4),
+        ],
+    )
+    .await;
+    let now = Utc::now();
+    let first = claim(&store, "a", 1, now).await;
+    assert_eq!(ids(&first), vec![stored[0].id]);
+    let second = claim(&store, "b", 10, now).await;
+    assert_eq!(ids(&second), vec![stored[1].id, stored[3].id]);
+    store.mark_published("a", &ids(&first)).await.unwrap();
+    let third = claim(&store, "c", 10, now).await;
+    assert_eq!(ids(&third), vec![stored[2].id]);
+}
+
+/// Once an earlier record is dead, later records of its key flow.
+pub async fn a_dead_record_no_longer_blocks_its_key<S: TestStore>(store: S) {
+    let stored = enqueue(&store, &[record(Some("k"), 1), record(Some("k"), 2)]).await;
+    let now = Utc::now();
+    let first = claim(&store, "a", 1, now).await;
+    assert!(claim(&store, "b", 10, now).await.is_empty());
+    store
+        .mark_dead(
+            "a",
+            &[DeadLetter {
+                id: first[0].id,
+                error: "too large".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    let next = claim(&store, "b", 10, now).await;
+    assert_eq!(ids(&next), vec![stored[1].id]);
+}
+
+/// Claimers running at once never share a record, and a record is only
+/// claimed once every earlier record of its key is published.
+pub async fn concurrent_claimers_get_disjoint_records_in_key_order<S: TestStore>(store: S) {
+    const KEYS: u32 = 20;
+    const PER_KEY: u32 = 15;
+    let records: Vec<NewRecord> = (0..PER_KEY)
+        .flat_map(|n| (0..KEYS).map(move |k| (k, n)))
+        .map(|(k, n)| record(Some(&format!("key-{k}")), n))
+        .collect();
+    let stored = enqueue(&store, &records).await;
+    let key_of: Arc<HashMap<i64, String>> = Arc::new(
+        stored
+            .iter()
+            .map(|r| (r.id, r.key.clone().unwrap()))
+            .collect(),
+    );
+    let published: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let claims: Arc<Mutex<Vec<i64>>> = Arc::default();
+
+    let mut tasks = Vec::new();
+    for claimer in 0..6 {
+        let (store, key_of, published, claims) = (
+            store.clone(),
+            key_of.clone(),
+            published.clone(),
+            claims.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("claimer-{claimer}");
+            let mut idle = 0;
+            while idle < 50 {
+                let batch = claim(&store, &owner, 7, Utc::now()).await;
+                if batch.is_empty() {
+                    idle += 1;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                idle = 0;
+                let batch_ids = ids(&batch);
+                {
+                    let done = published.lock().unwrap();
+                    for record in &batch {
+                        let key = &key_of[&record.id];
+                        let earlier_unpublished = key_of.iter().filter(|(id, k)| {
+                            *k == key
+                                && **id < record.id
+                                && !done.contains(id)
+                                && !batch_ids.contains(id)
+                        });
+                        assert_eq!(
+                            earlier_unpublished.count(),
+                            0,
+                            "{owner} claimed record {} of {key} before an earlier one was \
+                             published",
+                            record.id
+                        );
+                    }
+                }
+                claims.lock().unwrap().extend(&batch_ids);
+                // Noted before the mark, so a claim that follows the mark
+                // always sees it.
+                published.lock().unwrap().extend(&batch_ids);
+                let marked = store.mark_published(&owner, &batch_ids).await.unwrap();
+                assert_eq!(marked, batch_ids.len() as u64);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a claimer failed");
+    }
+    let mut claimed = claims.lock().unwrap().clone();
+    let total = claimed.len();
+    claimed.sort_unstable();
+    claimed.dedup();
+    assert_eq!(claimed.len(), total, "a record was claimed twice");
+    assert_eq!(claimed, ids(&stored), "every record was claimed");
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.published),
+        (0, u64::from(KEYS * PER_KEY))
+    );
+}

@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::StoreError;
 use crate::record::{NewRecord, OutboxRecord, Status};
 use crate::store::{ClaimRequest, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, Retry};
-use crate::StoreError;
 
 /// An [`OutboxStore`] and [`OutboxAdmin`] in memory, for tests of code that
 /// writes events or runs a relay. It keeps the same contract as the SQL
@@ -54,7 +54,11 @@ impl InMemoryStore {
 
     /// Every record, in id order, whatever its status.
     pub fn records(&self) -> Vec<OutboxRecord> {
-        self.lock().rows.values().map(|row| row.record.clone()).collect()
+        self.lock()
+            .rows
+            .values()
+            .map(|row| row.record.clone())
+            .collect()
     }
 
     /// The records with `status`, in id order.
@@ -81,12 +85,12 @@ impl InMemoryStore {
         let mut state = self.lock();
         let mut changed = 0;
         for item in items {
-            if let Some(row) = state.rows.get_mut(&id(item)) {
-                if row.leased_to(owner) {
-                    change(row, item);
-                    row.unlock();
-                    changed += 1;
-                }
+            if let Some(row) = state.rows.get_mut(&id(item))
+                && row.leased_to(owner)
+            {
+                change(row, item);
+                row.unlock();
+                changed += 1;
             }
         }
         changed
@@ -140,26 +144,41 @@ impl OutboxStore for InMemoryStore {
 
     async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
         let now = Utc::now();
-        Ok(self.update_leased(owner, ids, |id| *id, |row, _| {
-            row.record.status = Status::Published;
-            row.published_at = Some(now);
-        }))
+        Ok(self.update_leased(
+            owner,
+            ids,
+            |id| *id,
+            |row, _| {
+                row.record.status = Status::Published;
+                row.published_at = Some(now);
+            },
+        ))
     }
 
     async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError> {
-        Ok(self.update_leased(owner, retries, |retry| retry.id, |row, retry| {
-            row.record.attempts += 1;
-            row.record.last_error = Some(retry.error.clone());
-            row.record.available_at = retry.retry_at;
-        }))
+        Ok(self.update_leased(
+            owner,
+            retries,
+            |retry| retry.id,
+            |row, retry| {
+                row.record.attempts += 1;
+                row.record.last_error = Some(retry.error.clone());
+                row.record.available_at = retry.retry_at;
+            },
+        ))
     }
 
     async fn mark_dead(&self, owner: &str, dead: &[DeadLetter]) -> Result<u64, StoreError> {
-        Ok(self.update_leased(owner, dead, |dead| dead.id, |row, dead| {
-            row.record.attempts += 1;
-            row.record.last_error = Some(dead.error.clone());
-            row.record.status = Status::Dead;
-        }))
+        Ok(self.update_leased(
+            owner,
+            dead,
+            |dead| dead.id,
+            |row, dead| {
+                row.record.attempts += 1;
+                row.record.last_error = Some(dead.error.clone());
+                row.record.status = Status::Dead;
+            },
+        ))
     }
 
     async fn release(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
@@ -253,7 +272,10 @@ impl OutboxAdmin for InMemoryStore {
                         stats.leased += 1;
                     }
                     let created = row.record.created_at;
-                    if stats.oldest_pending_at.is_none_or(|oldest| created < oldest) {
+                    if stats
+                        .oldest_pending_at
+                        .is_none_or(|oldest| created < oldest)
+                    {
                         stats.oldest_pending_at = Some(created);
                     }
                 }

@@ -83,7 +83,9 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
     /// lease runs out, then another attempt publishes them again (delivery
     /// is at least once).
     pub async fn run_once(&self) -> Result<RunReport, Error> {
+        let started = std::time::Instant::now();
         let result = self.batch().await;
+        record_metrics(&result, started.elapsed());
         let mut status = self.lock_status();
         status.last_run_at = Some(Utc::now());
         match &result {
@@ -173,6 +175,7 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         }
 
         let settlement = self.settle(&records, outcomes);
+
         let report = RunReport {
             claimed: records.len(),
             published: settlement.published.len(),
@@ -212,6 +215,8 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                              failed; per-key order is broken in the destination"
                         );
                     }
+                    let lag = (now - record.created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("outbox_publish_lag_seconds").record(lag.as_secs_f64());
                     settlement.published.push(record.id);
                     continue;
                 }
@@ -257,11 +262,17 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         let mut changed = 0;
         if !settlement.published.is_empty() {
             expected += settlement.published.len();
-            changed += self.store.mark_published(owner, &settlement.published).await?;
+            changed += self
+                .store
+                .mark_published(owner, &settlement.published)
+                .await?;
         }
         if !settlement.retries.is_empty() {
             expected += settlement.retries.len();
-            changed += self.store.schedule_retry(owner, &settlement.retries).await?;
+            changed += self
+                .store
+                .schedule_retry(owner, &settlement.retries)
+                .await?;
         }
         if !settlement.dead.is_empty() {
             expected += settlement.dead.len();
@@ -285,6 +296,24 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, RelayStatus> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reports a batch through the `metrics` facade (a no-op unless the
+/// application installs a recorder).
+fn record_metrics(result: &Result<RunReport, Error>, elapsed: Duration) {
+    match result {
+        Ok(report) => {
+            metrics::counter!("outbox_claimed_total").increment(report.claimed as u64);
+            metrics::counter!("outbox_published_total").increment(report.published as u64);
+            metrics::counter!("outbox_retried_total").increment(report.retried as u64);
+            metrics::counter!("outbox_dead_total").increment(report.dead as u64);
+            metrics::counter!("outbox_released_total").increment(report.released as u64);
+            if report.claimed > 0 {
+                metrics::histogram!("outbox_batch_seconds").record(elapsed.as_secs_f64());
+            }
+        }
+        Err(_) => metrics::counter!("outbox_batch_errors_total").increment(1),
     }
 }
 

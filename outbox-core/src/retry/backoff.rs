@@ -99,8 +99,8 @@ mod tests {
     #[test]
     fn rejects_zero_base_and_base_above_max() {
         assert!(ExponentialBackoff::new(Duration::ZERO, Duration::from_secs(1)).is_err());
-        let error = ExponentialBackoff::new(Duration::from_secs(2), Duration::from_secs(1))
-            .unwrap_err();
+        let error =
+            ExponentialBackoff::new(Duration::from_secs(2), Duration::from_secs(1)).unwrap_err();
         assert!(error.to_string().contains("must not exceed"), "{error}");
     }
 }

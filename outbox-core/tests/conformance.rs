@@ -1,0 +1,9 @@
+//! The in-memory store passes the store conformance suite.
+
+use outbox_core::InMemoryStore;
+
+async fn store() -> (InMemoryStore, ()) {
+    (InMemoryStore::new(), ())
+}
+
+outbox_core::store_conformance_tests!(store);

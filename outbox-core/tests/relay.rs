@@ -1,0 +1,444 @@
+//! The relay's behaviour over the in-memory store and sink.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use outbox_core::{
+    ClaimRequest, DeadLetter, Error, ExponentialBackoff, FailureKind, InMemorySink, InMemoryStore,
+    NewRecord, OutboxAdmin, OutboxEvent, OutboxRecord, OutboxStore, Relay, Retry, RunReport,
+    Status, StoreError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
+#[outbox(topic = "orders", key = order)]
+struct Step {
+    order: String,
+    n: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
+#[outbox(topic = "audit")]
+struct Audited {
+    what: String,
+}
+
+fn step(order: &str, n: u32) -> Step {
+    Step {
+        order: order.to_owned(),
+        n,
+    }
+}
+
+async fn enqueue(store: &InMemoryStore, events: &[&dyn OutboxEvent]) {
+    let records: Vec<NewRecord> = events
+        .iter()
+        .map(|event| NewRecord::from_event(*event).unwrap())
+        .collect();
+    store.enqueue(&records).await.unwrap();
+}
+
+fn fast_backoff() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).unwrap()
+}
+
+fn relay(store: &InMemoryStore, sink: &InMemorySink) -> Relay<InMemoryStore, InMemorySink> {
+    Relay::builder(store.clone(), sink.clone())
+        .batch_size(10)
+        .backoff(fast_backoff())
+        .build()
+        .unwrap()
+}
+
+/// Runs batches until `done` holds, failing after a few seconds.
+async fn run_until<St: OutboxStore, Si: outbox_core::Sink>(
+    relay: &Relay<St, Si>,
+    done: impl Fn() -> bool,
+) -> RunReport {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut total = RunReport::default();
+    while !done() {
+        assert!(Instant::now() < deadline, "not done in time: {total:?}");
+        total += relay.run_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    total
+}
+
+/// Per key, the `n` of each delivered `Step`, in delivery order.
+fn steps_by_key(sink: &InMemorySink) -> HashMap<String, Vec<u32>> {
+    let mut by_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for event in sink.events::<Step>() {
+        by_key.entry(event.order).or_default().push(event.n);
+    }
+    by_key
+}
+
+#[tokio::test]
+async fn publishes_everything_in_enqueue_order_per_key() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    for n in 0..10 {
+        enqueue(
+            &store,
+            &[
+                &step("a", n),
+                &step("b", n),
+                &Audited {
+                    what: format!("{n}"),
+                },
+            ],
+        )
+        .await;
+    }
+    let relay = relay(&store, &sink);
+    let report = run_until(&relay, || sink.delivered().len() == 30).await;
+    assert_eq!(
+        (
+            report.claimed,
+            report.published,
+            report.retried,
+            report.dead
+        ),
+        (30, 30, 0, 0)
+    );
+    let by_key = steps_by_key(&sink);
+    assert_eq!(by_key["a"], (0..10).collect::<Vec<_>>());
+    assert_eq!(by_key["b"], (0..10).collect::<Vec<_>>());
+    assert_eq!(sink.events::<Audited>().len(), 10);
+    assert_eq!(store.records_with_status(Status::Published).len(), 30);
+    // Nothing left: the next batch is empty.
+    assert_eq!(relay.run_once().await.unwrap(), RunReport::default());
+}
+
+#[tokio::test]
+async fn retriable_failure_is_retried_after_backoff_then_published() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    enqueue(&store, &[&step("a", 1)]).await;
+    sink.fail_next(1, FailureKind::Retriable);
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .backoff(
+            ExponentialBackoff::new(Duration::from_millis(200), Duration::from_secs(1)).unwrap(),
+        )
+        .build()
+        .unwrap();
+
+    let first = relay.run_once().await.unwrap();
+    assert_eq!((first.claimed, first.retried), (1, 1));
+    let record = &store.records()[0];
+    assert_eq!(record.attempts, 1);
+    assert!(
+        record
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("injected failure")
+    );
+    // Backing off: at least half the 200 ms ceiling.
+    assert!(record.available_at >= Utc::now() + chrono::TimeDelta::milliseconds(50));
+    assert_eq!(
+        relay.run_once().await.unwrap().claimed,
+        0,
+        "still in backoff"
+    );
+
+    run_until(&relay, || sink.delivered().len() == 1).await;
+    assert_eq!(sink.events::<Step>(), vec![step("a", 1)]);
+    assert_eq!(store.records()[0].status, Status::Published);
+}
+
+#[tokio::test]
+async fn too_many_retriable_failures_move_the_record_to_dead() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    enqueue(&store, &[&step("a", 1)]).await;
+    sink.fail_topic("orders", FailureKind::Retriable);
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .max_attempts(3)
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let report = run_until(&relay, || {
+        !store.records_with_status(Status::Dead).is_empty()
+    })
+    .await;
+    assert_eq!((report.retried, report.dead, report.published), (2, 1, 0));
+    let dead = store.list_dead(None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 3);
+    let error = dead[0].last_error.as_deref().unwrap();
+    assert!(error.starts_with("gave up after 3 attempts"), "{error}");
+    assert!(
+        error.contains("injected failure on topic `orders`"),
+        "{error}"
+    );
+    assert!(sink.delivered().is_empty());
+}
+
+#[tokio::test]
+async fn permanent_failure_moves_the_record_to_dead_at_once() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    enqueue(&store, &[&step("a", 1), &step("b", 1)]).await;
+    sink.fail_next(1, FailureKind::Permanent);
+    let report = relay(&store, &sink).run_once().await.unwrap();
+    assert_eq!((report.published, report.dead, report.retried), (1, 1, 0));
+    let dead = store.list_dead(None, 10).await.unwrap();
+    assert_eq!(dead[0].attempts, 1);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("injected failure")
+    );
+    assert_eq!(sink.events::<Step>(), vec![step("b", 1)]);
+}
+
+#[tokio::test]
+async fn a_failing_key_holds_back_only_itself() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    for n in 0..3 {
+        enqueue(&store, &[&step("stuck", n), &step("free", n)]).await;
+    }
+    // The first record handed over (stuck #0) fails.
+    sink.fail_next(1, FailureKind::Retriable);
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .backoff(ExponentialBackoff::new(Duration::from_secs(60), Duration::from_secs(60)).unwrap())
+        .build()
+        .unwrap();
+    let report = relay.run_once().await.unwrap();
+    assert_eq!(
+        (report.claimed, report.published, report.retried),
+        (6, 3, 1)
+    );
+    assert_eq!(
+        report.released, 2,
+        "stuck #1 and #2 were held back, not attempted"
+    );
+    assert_eq!(steps_by_key(&sink)["free"], vec![0, 1, 2]);
+    assert!(!steps_by_key(&sink).contains_key("stuck"));
+
+    // New events of the free key keep flowing while stuck waits out its backoff.
+    enqueue(&store, &[&step("free", 3), &step("stuck", 3)]).await;
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.published), (1, 1));
+    assert_eq!(steps_by_key(&sink)["free"], vec![0, 1, 2, 3]);
+    let held: Vec<u32> = store
+        .records_with_status(Status::Pending)
+        .iter()
+        .map(|r| r.attempts)
+        .collect();
+    assert_eq!(held, vec![1, 0, 0, 0], "only stuck #0 counted an attempt");
+}
+
+#[tokio::test]
+async fn requeued_dead_records_are_published() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    enqueue(&store, &[&step("a", 1), &step("b", 1), &step("c", 1)]).await;
+    sink.fail_next(3, FailureKind::Permanent);
+    let relay = relay(&store, &sink);
+    assert_eq!(relay.run_once().await.unwrap().dead, 3);
+    let dead = store.list_dead(None, 10).await.unwrap();
+
+    assert!(store.requeue(dead[1].id).await.unwrap());
+    relay.run_once().await.unwrap();
+    assert_eq!(sink.events::<Step>(), vec![step("b", 1)]);
+
+    assert_eq!(store.requeue_all().await.unwrap(), 2);
+    relay.run_once().await.unwrap();
+    assert_eq!(
+        sink.events::<Step>(),
+        vec![step("b", 1), step("a", 1), step("c", 1)]
+    );
+    assert_eq!(store.stats(Utc::now()).await.unwrap().dead, 0);
+}
+
+#[tokio::test]
+async fn shutdown_leaves_no_claim_behind() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    for n in 0..50 {
+        enqueue(&store, &[&step(&format!("k{}", n % 5), n)]).await;
+    }
+    sink.set_latency(Duration::from_millis(50));
+    let relay = Arc::new(
+        Relay::builder(store.clone(), sink.clone())
+            .batch_size(5)
+            .build()
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run(async { stopped.await.unwrap_or(()) }).await }
+    });
+    // Stop while a batch is in the sink.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.stats(Utc::now()).await.unwrap().leased == 0 {
+        assert!(Instant::now() < deadline, "the relay never claimed");
+        tokio::task::yield_now().await;
+    }
+    assert!(relay.status().running);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!(stats.leased, 0, "a claim outlived the relay: {stats:?}");
+    assert!(stats.published >= 5, "the batch in flight was finished");
+    assert!(stats.pending > 0, "the relay stopped claiming");
+    assert_eq!(stats.published as usize, sink.delivered().len());
+    let status = relay.status();
+    assert!(!status.running);
+    assert_eq!(status.totals.published as u64, stats.published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_relays_publish_everything_once() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    let keys = 40;
+    let per_key = 25;
+    for n in 0..per_key {
+        let events: Vec<Step> = (0..keys).map(|k| step(&format!("k{k}"), n)).collect();
+        let refs: Vec<&dyn OutboxEvent> = events.iter().map(|e| e as &dyn OutboxEvent).collect();
+        enqueue(&store, &refs).await;
+    }
+    // Some transient failures along the way.
+    sink.fail_next(30, FailureKind::Retriable);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut relays = Vec::new();
+    for i in 0..4 {
+        let relay = Relay::builder(store.clone(), sink.clone())
+            .relay_id(format!("relay-{i}"))
+            .batch_size(16)
+            .poll_interval(Duration::from_millis(5))
+            .backoff(fast_backoff())
+            .build()
+            .unwrap();
+        let mut stopped = stopped.clone();
+        relays.push(tokio::spawn(async move {
+            relay
+                .run(async move { stopped.wait_for(|s| *s).await.map(drop).unwrap_or(()) })
+                .await
+        }));
+    }
+    let total = (keys * per_key) as usize;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.records_with_status(Status::Published).len() < total {
+        assert!(Instant::now() < deadline, "not drained in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    for relay in relays {
+        relay.await.unwrap().unwrap();
+    }
+    let delivered = sink.delivered();
+    assert_eq!(
+        delivered.len(),
+        total,
+        "every record delivered exactly once"
+    );
+    let by_key = steps_by_key(&sink);
+    for (key, ns) in by_key {
+        assert_eq!(ns, (0..per_key).collect::<Vec<_>>(), "order of {key}");
+    }
+}
+
+#[tokio::test]
+async fn builder_validates_its_settings() {
+    let build = |f: fn(_) -> _| {
+        let builder = Relay::builder(InMemoryStore::new(), InMemorySink::new());
+        f(builder)
+    };
+    let cases: Vec<(Result<Relay<InMemoryStore, InMemorySink>, Error>, &str)> = vec![
+        (build(|b| b.batch_size(0).build()), "batch size"),
+        (
+            build(|b| b.lease(Duration::from_millis(10)).build()),
+            "lease",
+        ),
+        (
+            build(|b| b.poll_interval(Duration::ZERO).build()),
+            "poll interval",
+        ),
+        (build(|b| b.max_attempts(0).build()), "max attempts"),
+        (build(|b| b.relay_id(" ").build()), "relay id"),
+    ];
+    for (result, needle) in cases {
+        let error = result.expect_err(needle);
+        assert!(matches!(error, Error::Config(_)));
+        assert!(error.to_string().contains(needle), "{error}");
+    }
+    let relay = Relay::builder(InMemoryStore::new(), InMemorySink::new())
+        .build()
+        .unwrap();
+    assert!(relay.relay_id().starts_with("relay-"));
+}
+
+/// A store whose claims fail, retriably or not.
+#[derive(Debug, Clone)]
+struct BrokenStore {
+    retriable: bool,
+}
+
+#[async_trait::async_trait]
+impl OutboxStore for BrokenStore {
+    async fn enqueue(&self, _: &[NewRecord]) -> Result<(), StoreError> {
+        unreachable!()
+    }
+    async fn claim(&self, _: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError> {
+        let error = std::io::Error::other("database unreachable");
+        Err(if self.retriable {
+            StoreError::retriable(error)
+        } else {
+            StoreError::permanent(error)
+        })
+    }
+    async fn mark_published(&self, _: &str, _: &[i64]) -> Result<u64, StoreError> {
+        unreachable!()
+    }
+    async fn schedule_retry(&self, _: &str, _: &[Retry]) -> Result<u64, StoreError> {
+        unreachable!()
+    }
+    async fn mark_dead(&self, _: &str, _: &[DeadLetter]) -> Result<u64, StoreError> {
+        unreachable!()
+    }
+    async fn release(&self, _: &str, _: &[i64]) -> Result<u64, StoreError> {
+        unreachable!()
+    }
+}
+
+#[tokio::test]
+async fn store_errors_show_in_the_status_and_only_permanent_ones_stop_the_loop() {
+    let flaky = Relay::builder(BrokenStore { retriable: true }, InMemorySink::new())
+        .poll_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let error = flaky.run_once().await.unwrap_err();
+    assert!(error.is_retriable());
+    assert_eq!(
+        flaky.status().last_error.as_deref(),
+        Some("database unreachable")
+    );
+    // A retriable error does not end `run`: it keeps polling until shutdown.
+    let ran = flaky
+        .run(tokio::time::sleep(Duration::from_millis(50)))
+        .await;
+    assert!(ran.is_ok());
+
+    let broken = Relay::builder(BrokenStore { retriable: false }, InMemorySink::new())
+        .build()
+        .unwrap();
+    let ran = tokio::time::timeout(Duration::from_secs(5), broken.run(std::future::pending()))
+        .await
+        .expect("a permanent store error ends run");
+    let error = ran.unwrap_err();
+    assert!(!error.is_retriable());
+    assert_eq!(error.to_string(), "database unreachable");
+}

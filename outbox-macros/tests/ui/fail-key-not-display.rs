@@ -1,0 +1,10 @@
+use outbox_core::OutboxEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, OutboxEvent)]
+#[outbox(topic = "orders", key = ids)]
+struct KeyNotDisplay {
+    ids: Vec<u64>,
+}
+
+fn main() {}
