@@ -1,1 +1,56 @@
-//! Placeholder.
+//! The `outbox` table for [`sea-orm-migration`](sea_orm_migration).
+//!
+//! - [`Migration`]: creates the `outbox` table and the indexes the relay's
+//!   claim query uses, with column types per database (PostgreSQL,
+//!   MySQL/MariaDB, SQLite); its `down` drops the table.
+//! - [`Migrator`]: a migrator with just that migration, for services that
+//!   keep no migrations of their own.
+//!
+//! Most services have a `Migrator` already; add the outbox migration to it:
+//!
+//! ```
+//! use sea_orm_migration::prelude::*;
+//!
+//! pub struct Migrator;
+//!
+//! #[async_trait::async_trait]
+//! impl MigratorTrait for Migrator {
+//!     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+//!         vec![
+//!             // ... your own migrations ...
+//!             Box::new(migration::Migration),
+//!         ]
+//!     }
+//! }
+//! ```
+//!
+//! Or run this crate's [`Migrator`] at start-up
+//! (`migration::Migrator::up(&db, None).await?`), or from the command line:
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1/app cargo run -p outbox-migration --features cli -- up
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `cli`: the `outbox-migration` binary (sea-orm-migration's command line
+//!   with tokio, rustls and the PostgreSQL, MySQL/MariaDB and SQLite
+//!   drivers). Without it the library enables no async runtime, TLS stack
+//!   or database driver: the application's own `sea-orm` features decide.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_outbox_table;
+
+pub use m20261128_000001_create_outbox_table::Migration;
+
+/// Runs the outbox migration, for services without a migrator of their own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Migration)]
+    }
+}

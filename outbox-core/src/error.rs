@@ -12,25 +12,25 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 pub enum Error {
     /// The event did not serialize to JSON; nothing was written.
     #[error(
-        "cannot serialize event `{event_type}` to JSON: {source}; fix its Serialize impl \
+        "cannot serialize event `{event_type}` to JSON: {cause}; fix its Serialize impl \
          (JSON maps need string keys)"
     )]
     Encode {
         /// The event type that failed.
         event_type: &'static str,
-        /// What serde_json said.
-        source: serde_json::Error,
+        /// What serde_json said (shown in the message, so not a `source()`).
+        cause: serde_json::Error,
     },
     /// A payload did not decode into the named event type.
     #[error(
-        "cannot decode a payload of event type `{event_type}`: {source}; is that type linked \
+        "cannot decode a payload of event type `{event_type}`: {cause}; is that type linked \
          into this program, and does its struct match the producer's?"
     )]
     Decode {
         /// The event type named by the record.
         event_type: String,
-        /// What serde_json said.
-        source: serde_json::Error,
+        /// What serde_json said (shown in the message, so not a `source()`).
+        cause: serde_json::Error,
     },
     /// A stored record holds a value the outbox does not understand.
     #[error("invalid outbox record: {0}")]

@@ -78,9 +78,9 @@ pub trait TypedEvent: OutboxEvent + DeserializeOwned + Sized {
 /// Serializes the event's own fields as JSON, without the type tag.
 pub(crate) fn payload_json(event: &dyn OutboxEvent) -> Result<String, Error> {
     let erased: &dyn erased_serde::Serialize = event;
-    serde_json::to_string(erased).map_err(|source| Error::Encode {
+    serde_json::to_string(erased).map_err(|cause| Error::Encode {
         event_type: event.event_type(),
-        source,
+        cause,
     })
 }
 
@@ -91,9 +91,9 @@ pub(crate) fn payload_json(event: &dyn OutboxEvent) -> Result<String, Error> {
 /// without knowing the type in advance. Fails with [`Error::Decode`] when
 /// the type is unknown to this program or the payload does not match it.
 pub fn decode(event_type: &str, payload: &[u8]) -> Result<Box<dyn OutboxEvent>, Error> {
-    let decode_error = |source: serde_json::Error| Error::Decode {
+    let decode_error = |cause: serde_json::Error| Error::Decode {
         event_type: event_type.to_owned(),
-        source,
+        cause,
     };
     let value: serde_json::Value = serde_json::from_slice(payload).map_err(decode_error)?;
     // typetag's default representation is externally tagged: `{tag: value}`.
@@ -112,9 +112,9 @@ pub fn decode_as<T: TypedEvent>(event_type: &str, payload: &[u8]) -> Result<Opti
     }
     serde_json::from_slice(payload)
         .map(Some)
-        .map_err(|source| Error::Decode {
+        .map_err(|cause| Error::Decode {
             event_type: event_type.to_owned(),
-            source,
+            cause,
         })
 }
 

@@ -29,7 +29,10 @@ pub struct ClaimRequest {
 impl ClaimRequest {
     /// When the lease of this claim ends.
     pub fn lease_until(&self) -> DateTime<Utc> {
-        self.now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX)
+        chrono::Duration::from_std(self.lease)
+            .ok()
+            .and_then(|lease| self.now.checked_add_signed(lease))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 

@@ -8,6 +8,9 @@ use super::{Relay, RelayStatus};
 use crate::retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryPolicy};
 use crate::{Error, OutboxStore, Sink};
 
+/// The longest lease [`RelayBuilder::lease`] accepts.
+const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
 /// Configures a [`Relay`]; made by [`Relay::builder`], checked by
 /// [`build`](RelayBuilder::build).
 pub struct RelayBuilder<St, Si> {
@@ -63,7 +66,7 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
 
     /// How long a claim holds before another relay may take the records
     /// over. It must outlast one publish (the sink's delivery timeout) and
-    /// the marking that follows. Default: 30 s. At least 1 s.
+    /// the marking that follows. Default: 30 s. Between 1 s and 24 h.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -112,9 +115,10 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
                 "poll interval must be greater than zero".into(),
             ));
         }
-        if self.lease < Duration::from_secs(1) {
+        if self.lease < Duration::from_secs(1) || self.lease > MAX_LEASE {
             return Err(Error::Config(format!(
-                "lease must be at least 1s (got {:?}); it must outlast a publish",
+                "lease must be between 1s and 24h (got {:?}); it must outlast a publish, and \
+                 a crashed relay's records wait that long",
                 self.lease
             )));
         }

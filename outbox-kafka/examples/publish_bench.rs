@@ -1,0 +1,275 @@
+//! Publishing throughput of `KafkaSink`, batch by batch as the relay calls it.
+//!
+//! ```text
+//! cargo run --release -p outbox-kafka --example publish_bench -- \
+//!     --records 100000 --batch 500 [--partitions 6] [--brokers host:port] \
+//!     [--set property=value]...
+//! ```
+//!
+//! Without `--brokers` it runs against librdkafka's in-process mock cluster.
+//! Three variants, each on a fresh topic: every record of a batch with its
+//! own key, ten hot keys (each batch holds about `batch / 10` records per
+//! key, sent one round trip after the other), and no keys. Records that are
+//! not delivered are published again, as the relay would.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use outbox_core::{NewRecord, OutboxRecord, Outcome, Sink};
+use outbox_kafka::KafkaSink;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::mocking::MockCluster;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, outbox_core::OutboxEvent)]
+#[outbox(topic = "bench", key = account, event_type = "bench.Transfer")]
+struct Transfer {
+    account: String,
+    amount_cents: i64,
+    memo: String,
+}
+
+struct Args {
+    records: usize,
+    batch: usize,
+    partitions: i32,
+    brokers: Option<String>,
+    /// Extra producer properties, `key=value`.
+    set: Vec<(String, String)>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        records: 100_000,
+        batch: 500,
+        partitions: 6,
+        brokers: None,
+        set: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--records" => args.records = parse(&flag, &value()?)?,
+            "--batch" => args.batch = parse(&flag, &value()?)?,
+            "--partitions" => args.partitions = parse(&flag, &value()?)?,
+            "--brokers" => args.brokers = Some(value()?),
+            "--set" => {
+                let pair = value()?;
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--set takes `property=value`, not `{pair}`"))?;
+                args.set.push((key.to_owned(), value.to_owned()));
+            }
+            "--help" | "-h" => {
+                return Err(
+                    "usage: publish_bench [--records N] [--batch N] [--partitions N] \
+                            [--brokers host:port] [--set property=value]..."
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    if args.records == 0 || args.batch == 0 || args.partitions <= 0 {
+        return Err("--records, --batch and --partitions must be positive".into());
+    }
+    Ok(args)
+}
+
+fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag} takes a number, not `{value}`"))
+}
+
+/// How the records of a variant are keyed.
+#[derive(Clone, Copy)]
+enum Keys {
+    Distinct,
+    Hot(usize),
+    None,
+}
+
+impl Keys {
+    fn describe(self) -> String {
+        match self {
+            Keys::Distinct => "distinct keys".into(),
+            Keys::Hot(n) => format!("{n} hot keys"),
+            Keys::None => "no keys".into(),
+        }
+    }
+}
+
+fn records(topic: &str, count: usize, keys: Keys) -> Vec<OutboxRecord> {
+    (0..count)
+        .map(|i| {
+            let account = match keys {
+                Keys::Distinct | Keys::None => format!("account-{i}"),
+                Keys::Hot(n) => format!("account-{}", i % n),
+            };
+            let event = Transfer {
+                account,
+                amount_cents: i as i64,
+                memo: "monthly rent, paid on time".into(),
+            };
+            let mut new = NewRecord::from_event(&event).expect("serializes");
+            new.topic = topic.to_owned();
+            if matches!(keys, Keys::None) {
+                new.key = None;
+            }
+            OutboxRecord::from_new(i as i64 + 1, new)
+        })
+        .collect()
+}
+
+enum Cluster {
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    Real(AdminClient<DefaultClientContext>),
+}
+
+impl Cluster {
+    async fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
+        match self {
+            Cluster::Mock(mock) => mock
+                .create_topic(name, partitions, 1)
+                .map_err(|e| format!("creating topic {name}: {e}")),
+            Cluster::Real(admin) => {
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+                let results = admin
+                    .create_topics([&topic], &options)
+                    .await
+                    .map_err(|e| format!("creating topic {name}: {e}"))?;
+                for result in results {
+                    result.map_err(|(t, code)| format!("creating topic {t}: {code}"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Run {
+    elapsed: Duration,
+    calls: usize,
+    republished: usize,
+}
+
+async fn run(
+    sink: &KafkaSink,
+    mut pending: Vec<OutboxRecord>,
+    batch: usize,
+) -> Result<Run, String> {
+    let started = Instant::now();
+    let mut calls = 0;
+    let mut republished = 0;
+    while !pending.is_empty() {
+        let mut left = Vec::new();
+        for chunk in pending.chunks(batch) {
+            calls += 1;
+            let outcomes = sink.publish(chunk).await;
+            for (record, outcome) in chunk.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Delivered => {}
+                    Outcome::Retriable(_) => left.push(record.clone()),
+                    Outcome::Permanent(error) => {
+                        return Err(format!("record {} failed for good: {error}", record.id));
+                    }
+                }
+            }
+        }
+        republished += left.len();
+        pending = left;
+    }
+    Ok(Run {
+        elapsed: started.elapsed(),
+        calls,
+        republished,
+    })
+}
+
+async fn bench(args: Args) -> Result<(), String> {
+    let cluster = match &args.brokers {
+        Some(brokers) => Cluster::Real(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create()
+                .map_err(|e| format!("admin client for {brokers}: {e}"))?,
+        ),
+        None => Cluster::Mock(MockCluster::new(3).map_err(|e| format!("mock cluster: {e}"))?),
+    };
+    let bootstrap = match (&cluster, &args.brokers) {
+        (Cluster::Mock(mock), _) => mock.bootstrap_servers(),
+        (_, Some(brokers)) => brokers.clone(),
+        (Cluster::Real(_), None) => unreachable!("a real cluster has brokers"),
+    };
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &bootstrap);
+    for (key, value) in &args.set {
+        config.set(key, value);
+    }
+    let sink = KafkaSink::new(config).map_err(|e| e.to_string())?;
+
+    let settings: Vec<String> = [
+        "enable.idempotence",
+        "acks",
+        "compression.type",
+        "linger.ms",
+    ]
+    .iter()
+    .filter_map(|key| Some(format!("{key}={}", sink.client_config().get(key)?)))
+    .collect();
+    println!(
+        "publish_bench: {} records, batches of {}, {} partitions, {} ({})",
+        args.records,
+        args.batch,
+        args.partitions,
+        match args.brokers {
+            Some(ref b) => format!("brokers {b}"),
+            None => "mock cluster of 3 brokers".into(),
+        },
+        settings.join(", ")
+    );
+    let run_id = std::process::id();
+    for (n, keys) in [Keys::Distinct, Keys::Hot(10), Keys::None]
+        .into_iter()
+        .enumerate()
+    {
+        let topic = format!("outbox-bench-{run_id}-{n}");
+        cluster.create_topic(&topic, args.partitions).await?;
+        let records = records(&topic, args.records, keys);
+        let result = run(&sink, records, args.batch).await?;
+        let secs = result.elapsed.as_secs_f64();
+        println!(
+            "  {:<14} {:>9.0} records/s  ({} records in {:.2} s, {} publish calls, {} republished)",
+            keys.describe(),
+            args.records as f64 / secs,
+            args.records,
+            secs,
+            result.calls,
+            result.republished,
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match bench(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("publish_bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

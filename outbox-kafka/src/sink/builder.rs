@@ -1,0 +1,110 @@
+//! [`KafkaSinkBuilder`]: the outbox options of a [`KafkaSink`].
+
+use std::sync::Arc;
+
+use outbox_core::OutboxRecord;
+use rdkafka::ClientConfig;
+
+use super::KafkaSink;
+use super::routing::Routing;
+use crate::Error;
+
+/// Configures a [`KafkaSink`]: the rdkafka [`ClientConfig`] it was started
+/// with, plus the outbox's own options, each with its default below.
+/// Nothing is checked until [`build`](KafkaSinkBuilder::build).
+///
+/// ```no_run
+/// use outbox_kafka::KafkaSink;
+/// use rdkafka::ClientConfig;
+///
+/// let mut config = ClientConfig::new();
+/// config.set("bootstrap.servers", "kafka-1:9092,kafka-2:9092");
+/// let sink = KafkaSink::builder(config)
+///     .topic_prefix("staging.")
+///     .unknown_topic_is_permanent(false)
+///     .build()?;
+/// # Ok::<(), outbox_kafka::Error>(())
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug)]
+pub struct KafkaSinkBuilder {
+    config: ClientConfig,
+    routing: Routing,
+    unknown_topic_is_permanent: bool,
+}
+
+impl KafkaSinkBuilder {
+    pub(super) fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            routing: Routing::default(),
+            unknown_topic_is_permanent: false,
+        }
+    }
+
+    /// Puts `prefix` before every topic name, e.g. `"staging."` sends
+    /// `orders` records to `staging.orders`. Applied after
+    /// [`route`](KafkaSinkBuilder::route). Default: none.
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.routing.prefix = prefix.into();
+        self
+    }
+
+    /// Chooses each record's topic with `route` instead of the record's own
+    /// [`topic`](OutboxRecord::topic). A name Kafka does not accept (empty,
+    /// longer than 249 characters, or with characters outside
+    /// `[a-zA-Z0-9._-]`) makes that record fail permanently, without
+    /// anything being sent. Default: the record's topic.
+    pub fn route<F>(mut self, route: F) -> Self
+    where
+        F: Fn(&OutboxRecord) -> String + Send + Sync + 'static,
+    {
+        self.routing.route = Some(Arc::new(route));
+        self
+    }
+
+    /// Whether a record whose topic does not exist fails permanently (to
+    /// dead letters) instead of being retried. Default: `false`, since a
+    /// topic is often created after the first events are enqueued.
+    ///
+    /// librdkafka reports a missing topic once `topic.metadata.propagation.max.ms`
+    /// (default 30 s) has passed since it first saw the name; with a
+    /// `message.timeout.ms` shorter than that, the record times out first
+    /// and is retried anyway. Lower `topic.metadata.propagation.max.ms` when
+    /// you turn this on.
+    pub fn unknown_topic_is_permanent(mut self, permanent: bool) -> Self {
+        self.unknown_topic_is_permanent = permanent;
+        self
+    }
+
+    /// Checks the configuration, adds the sink's defaults and creates the
+    /// producer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a missing or malformed `bootstrap.servers`, a
+    /// `message.timeout.ms` of zero or not a number, or a topic prefix Kafka
+    /// would refuse; [`Error::Producer`] when librdkafka rejects a property
+    /// name or value or a combination of them. No connection is made, so
+    /// an unreachable broker is not an error here: its records fail
+    /// retriably when published.
+    pub fn build(self) -> Result<KafkaSink, Error> {
+        let Self {
+            config,
+            routing,
+            unknown_topic_is_permanent,
+        } = self;
+        if let Some(bad) = routing
+            .prefix
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(Error::Config(format!(
+                "the topic prefix {:?} holds {bad:?}; topic names may only hold ASCII letters, \
+                 digits, `.`, `_` and `-`",
+                routing.prefix
+            )));
+        }
+        KafkaSink::create(config, routing, unknown_topic_is_permanent)
+    }
+}

@@ -1,0 +1,313 @@
+//! [`KafkaSink`]: publishes outbox records to Kafka.
+
+mod builder;
+mod context;
+mod publish;
+mod routing;
+
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::{OutboxRecord, Outcome, Sink};
+use rdkafka::ClientConfig;
+use rdkafka::producer::Producer as _;
+
+pub use builder::KafkaSinkBuilder;
+
+use self::context::TracingContext;
+use self::publish::{Limits, Producer, RecordResult, publish_batch};
+use self::routing::Routing;
+use crate::Error;
+use crate::config::{apply_defaults, check_bootstrap, message_timeout};
+
+/// A [`Sink`] that publishes outbox records to Kafka through an rdkafka
+/// [`FutureProducer`](rdkafka::producer::FutureProducer).
+///
+/// # Configuration
+///
+/// The sink takes your rdkafka [`ClientConfig`] as it is and adds these
+/// defaults for the properties you leave unset (an alias counts as set,
+/// e.g. `request.required.acks` for `acks`):
+///
+/// | property | default | why |
+/// |---|---|---|
+/// | `enable.idempotence` | `true` | no duplicates and no reordering under librdkafka's own retries |
+/// | `acks` | `all` | delivered means on every in-sync replica |
+/// | `compression.type` | `lz4` | built into the bundled librdkafka, light on CPU |
+/// | `linger.ms` | `0` | the batch is handed over at once, so lingering would only delay it (and every step of a key's chain) |
+/// | `message.timeout.ms` | `20000` | below the relay's default lease of 30 s |
+///
+/// Settings that contradict idempotence (say `acks=1`) make
+/// [`KafkaSink::new`] fail with a message naming the conflict; set
+/// `enable.idempotence=false` yourself to use them. Property names and
+/// values are checked when the sink is built, as is `bootstrap.servers`
+/// (which librdkafka itself only parses when it first connects).
+///
+/// # Timeouts
+///
+/// `message.timeout.ms` governs a publish: librdkafka gives up on a record
+/// (retries included) that long after it was handed over, and
+/// [`publish`](Sink::publish) never waits longer than that in total: when
+/// it runs out, every record without a delivery report is reported
+/// retriable ([`Error::DeliveryTimeout`]). Keep it below the relay's lease,
+/// so that no other relay takes over the records while they are being
+/// published. Zero (wait forever) is refused.
+///
+/// # Routing and message layout
+///
+/// A record goes to its own topic, or to the topic a
+/// [`route`](KafkaSinkBuilder::route) function picks, behind an optional
+/// [`topic_prefix`](KafkaSinkBuilder::topic_prefix). A topic name Kafka
+/// would refuse fails the record permanently without sending it. The key is
+/// the record's key (none: a null key, so the partitioner spreads such
+/// records); the timestamp is the record's `created_at`; the payload is the
+/// event's JSON; the headers are [`EVENT_ID_HEADER`](crate::EVENT_ID_HEADER),
+/// [`EVENT_TYPE_HEADER`](crate::EVENT_TYPE_HEADER),
+/// [`SCHEMA_VERSION_HEADER`](crate::SCHEMA_VERSION_HEADER), then the
+/// record's own headers (among them `traceparent`, when a span was active
+/// at enqueue time).
+///
+/// # Per-key order
+///
+/// For each key, the records of a batch are sent one after the other: the
+/// next record of a key is handed to the producer only once the previous
+/// one's delivery report says it is written. The first record of every key,
+/// and every keyless record, are handed over at once, and the keys advance
+/// independently as their reports come back. When a record fails, the rest
+/// of its key is not sent and is reported retriable
+/// ([`Error::HeldBack`]), which the relay releases without counting an
+/// attempt; other keys go on.
+///
+/// librdkafka's idempotent producer alone keeps a partition's order under
+/// its internal retries, but leaves gaps when a record times out or fails
+/// for good while the records after it are written; waiting for each report
+/// closes that gap. The cost: a key with many records in one batch is
+/// published one round trip per record, so a batch of a few hot keys is
+/// slower than a batch of many distinct keys (see the `publish_bench`
+/// example).
+///
+/// # Outcomes
+///
+/// [`publish`](Sink::publish) returns one [`Outcome`] per record, in order,
+/// classified by rdkafka's error code: too large, corrupt or invalid
+/// records, invalid topics and missing authorization are
+/// [`Outcome::Permanent`]; timeouts, unreachable brokers, leader changes, a
+/// full queue, a missing topic (unless
+/// [`unknown_topic_is_permanent`](KafkaSinkBuilder::unknown_topic_is_permanent))
+/// and any code not known to be permanent are [`Outcome::Retriable`]. The
+/// error inside is this crate's [`Error`]; downcast it to inspect it.
+///
+/// When the producer hits a fatal error (librdkafka cannot keep its
+/// idempotence guarantees any more), the sink reports the batch's
+/// undelivered records retriable and replaces the producer with a new one
+/// built from the same configuration.
+///
+/// Clones share the producer.
+#[derive(Clone)]
+pub struct KafkaSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The user's configuration plus the defaults.
+    config: ClientConfig,
+    /// The defaults added, as `property=value`.
+    defaults_applied: Vec<String>,
+    routing: Routing,
+    limits: Limits,
+    /// Replaced after a fatal error.
+    producer: RwLock<Arc<Producer>>,
+}
+
+impl KafkaSink {
+    /// A sink publishing with `config` (plus the defaults above) and the
+    /// default outbox options; the same as
+    /// `KafkaSink::builder(config).build()`.
+    ///
+    /// # Errors
+    ///
+    /// See [`KafkaSinkBuilder::build`].
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        Self::builder(config).build()
+    }
+
+    /// A sink for the brokers `bootstrap_servers` (`host:port`, comma
+    /// separated), with the defaults above.
+    ///
+    /// # Errors
+    ///
+    /// See [`KafkaSinkBuilder::build`].
+    pub fn from_brokers(bootstrap_servers: &str) -> Result<Self, Error> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap_servers);
+        Self::new(config)
+    }
+
+    /// Starts configuring a sink with the outbox options of
+    /// [`KafkaSinkBuilder`].
+    pub fn builder(config: ClientConfig) -> KafkaSinkBuilder {
+        KafkaSinkBuilder::new(config)
+    }
+
+    /// The configuration the producer runs with: yours plus the defaults.
+    pub fn client_config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The longest a [`publish`](Sink::publish) call waits for delivery
+    /// reports: `message.timeout.ms`.
+    pub fn publish_timeout(&self) -> Duration {
+        self.inner.limits.timeout
+    }
+
+    fn create(
+        mut config: ClientConfig,
+        routing: Routing,
+        unknown_topic_is_permanent: bool,
+    ) -> Result<Self, Error> {
+        check_bootstrap(&config)?;
+        let defaults_applied = apply_defaults(&mut config);
+        let timeout = message_timeout(&config)?;
+        let producer = create_producer(&config, &defaults_applied)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                defaults_applied,
+                routing,
+                limits: Limits {
+                    timeout,
+                    unknown_topic_is_permanent,
+                },
+                producer: RwLock::new(Arc::new(producer)),
+            }),
+        })
+    }
+}
+
+fn create_producer(config: &ClientConfig, defaults_applied: &[String]) -> Result<Producer, Error> {
+    config
+        .create_with_context(TracingContext)
+        .map_err(|error| Error::Producer {
+            error,
+            defaults_applied: defaults_applied.to_vec(),
+        })
+}
+
+impl Inner {
+    fn current(&self) -> Arc<Producer> {
+        Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces `failed` with a new producer, unless a concurrent batch
+    /// already did.
+    fn replace(&self, failed: &Arc<Producer>) -> Result<(), Error> {
+        let mut slot = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&slot, failed) {
+            return Ok(());
+        }
+        let fresh = Arc::new(create_producer(&self.config, &self.defaults_applied)?);
+        let old = std::mem::replace(&mut *slot, fresh);
+        drop(slot);
+        dispose(old);
+        Ok(())
+    }
+}
+
+/// Drops a producer handle away from the async workers: dropping the last
+/// one purges, waits up to half a second for the purged reports and joins
+/// librdkafka's threads.
+fn dispose(producer: Arc<Producer>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(producer));
+        }
+        Err(_) => drop(producer),
+    }
+}
+
+fn outcome(result: RecordResult) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Delivered,
+        Err(error) if error.is_retriable() => Outcome::Retriable(Box::new(error)),
+        Err(error) => Outcome::Permanent(Box::new(error)),
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let inner = &*self.inner;
+        let mut producer = inner.current();
+        if producer.client().fatal_error().is_some() {
+            // An earlier batch could not replace it; try again.
+            if let Err(error) = inner.replace(&producer) {
+                let reason = error.to_string();
+                return records
+                    .iter()
+                    .map(|record| {
+                        outcome(Err(Error::ProducerUnavailable {
+                            event_id: record.event_id,
+                            reason: reason.clone(),
+                        }))
+                    })
+                    .collect();
+            }
+            producer = inner.current();
+        }
+
+        let mut results = publish_batch(&producer, records, &inner.routing, inner.limits).await;
+
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::warn!(
+                code = ?code,
+                reason = %reason,
+                "the Kafka producer failed fatally; replacing it, and the batch's undelivered \
+                 records are retried"
+            );
+            for (result, record) in results.iter_mut().zip(records) {
+                if matches!(
+                    result,
+                    Err(Error::Delivery { .. } | Error::DeliveryTimeout { .. })
+                ) {
+                    *result = Err(Error::ProducerFatal {
+                        event_id: record.event_id,
+                        code,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            if let Err(error) = inner.replace(&producer) {
+                tracing::error!(
+                    %error,
+                    "cannot replace the failed Kafka producer; the next batch tries again"
+                );
+            }
+        }
+        if !Arc::ptr_eq(&producer, &inner.current()) {
+            dispose(producer);
+        }
+        results.into_iter().map(outcome).collect()
+    }
+}
+
+impl fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("config", &self.inner.config)
+            .field("routing", &self.inner.routing)
+            .field("publish_timeout", &self.inner.limits.timeout)
+            .field(
+                "unknown_topic_is_permanent",
+                &self.inner.limits.unknown_topic_is_permanent,
+            )
+            .finish_non_exhaustive()
+    }
+}
