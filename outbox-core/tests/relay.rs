@@ -357,7 +357,8 @@ async fn builder_validates_its_settings() {
         let builder = Relay::builder(InMemoryStore::new(), InMemorySink::new());
         f(builder)
     };
-    let cases: Vec<(Result<Relay<InMemoryStore, InMemorySink>, Error>, &str)> = vec![
+    type Built = Result<Relay<InMemoryStore, InMemorySink>, Error>;
+    let cases: Vec<(Built, &str)> = vec![
         (build(|b| b.batch_size(0).build()), "batch size"),
         (
             build(|b| b.lease(Duration::from_millis(10)).build()),

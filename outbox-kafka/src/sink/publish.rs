@@ -242,28 +242,10 @@ impl<'r> Batch<'r> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use outbox_core::NewRecord;
-    use uuid::Uuid;
-
     use super::*;
 
     fn record(id: i64, key: Option<&str>) -> OutboxRecord {
-        let now = Utc::now();
-        OutboxRecord::from_new(
-            id,
-            NewRecord {
-                event_id: Uuid::now_v7(),
-                topic: "t".into(),
-                key: key.map(Into::into),
-                event_type: "E".into(),
-                schema_version: 1,
-                payload: "{}".into(),
-                headers: Default::default(),
-                created_at: now,
-                available_at: now,
-            },
-        )
+        super::super::test_record(id, "t", key)
     }
 
     #[test]

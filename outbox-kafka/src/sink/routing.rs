@@ -69,28 +69,10 @@ pub(crate) fn check_topic(name: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use outbox_core::NewRecord;
-    use uuid::Uuid;
-
     use super::*;
 
     fn record(topic: &str) -> OutboxRecord {
-        let now = Utc::now();
-        OutboxRecord::from_new(
-            1,
-            NewRecord {
-                event_id: Uuid::now_v7(),
-                topic: topic.into(),
-                key: None,
-                event_type: "E".into(),
-                schema_version: 1,
-                payload: "{}".into(),
-                headers: Default::default(),
-                created_at: now,
-                available_at: now,
-            },
-        )
+        super::super::test_record(1, topic, None)
     }
 
     #[test]
