@@ -64,6 +64,7 @@ mod sink;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod trace;
 
 pub use error::{BoxError, Error, StoreError};
 pub use event::{OutboxEvent, TypedEvent, decode, decode_as};
@@ -73,6 +74,7 @@ pub use relay::{Relay, RelayBuilder, RelayStatus, RunReport};
 pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryPolicy};
 pub use sink::{Outcome, Sink};
 pub use store::{ClaimRequest, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, Retry};
+pub use trace::{TRACEPARENT, set_traceparent_source};
 
 #[cfg(feature = "derive")]
 pub use outbox_macros::OutboxEvent;

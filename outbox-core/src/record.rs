@@ -50,8 +50,17 @@ impl NewRecord {
     /// Fails with [`Error::Encode`] when the event does not serialize to
     /// JSON (a map with non-string keys, a failing `Serialize` impl), so the
     /// caller's transaction fails instead of the relay.
+    ///
+    /// When a [traceparent source](crate::set_traceparent_source) is
+    /// installed and returns one, the record carries it as the
+    /// `traceparent` header (an event's own header of that name wins).
     pub fn from_event(event: &dyn OutboxEvent) -> Result<Self, Error> {
         let now = Utc::now();
+        let mut headers: Headers = crate::trace::current_traceparent()
+            .map(|traceparent| (crate::TRACEPARENT.to_owned(), traceparent))
+            .into_iter()
+            .collect();
+        headers.extend(event.headers());
         Ok(Self {
             event_id: Uuid::now_v7(),
             topic: event.topic().into_owned(),
@@ -59,7 +68,7 @@ impl NewRecord {
             event_type: event.event_type().to_owned(),
             schema_version: event.schema_version(),
             payload: payload_json(event)?,
-            headers: event.headers().into_iter().collect(),
+            headers,
             created_at: now,
             available_at: now,
         })
