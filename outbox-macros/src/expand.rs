@@ -56,38 +56,8 @@ fn impl_event(event: &Event<'_>) -> TokenStream {
         },
     };
 
-    quote! {
-        const _: () = {
-            use ::outbox_core::__private::typetag;
-
-            #[typetag::serde(name = #event_type)]
-            #[automatically_derived]
-            #[allow(unused_qualifications)]
-            impl ::outbox_core::OutboxEvent for #ident {
-                fn topic(&self) -> ::outbox_core::__private::Cow<'_, str> {
-                    #topic
-                }
-
-                fn key(&self) -> ::outbox_core::__private::Option<::outbox_core::__private::String> {
-                    #key
-                }
-
-                fn event_type(&self) -> &'static str {
-                    #event_type
-                }
-
-                fn schema_version(&self) -> u32 {
-                    #version
-                }
-            }
-
-            #[automatically_derived]
-            impl ::outbox_core::TypedEvent for #ident {
-                const EVENT_TYPE: &'static str = #event_type;
-                const SCHEMA_VERSION: u32 = #version;
-            }
-        };
-    }
+    let event_type_value = quote!(#event_type);
+    impls(ident, event_type, &version, &topic, &key, &event_type_value)
 }
 
 /// The errors, plus impls whose methods are unreachable, so that uses of
@@ -106,9 +76,33 @@ fn fallback(input: &Input<'_>, error: &syn::Error) -> TokenStream {
         .cloned()
         .unwrap_or_else(|| input.default_event_type());
 
+    let unreachable = quote!(::core::unreachable!());
+    let version = Literal::u32_unsuffixed(1);
+    let impls = impls(
+        ident,
+        &event_type,
+        &version,
+        &unreachable,
+        &unreachable,
+        &unreachable,
+    );
     quote! {
         #errors
+        #impls
+    }
+}
 
+/// The two impls, with the given method bodies: registered with typetag
+/// under `event_type`.
+fn impls(
+    ident: &syn::Ident,
+    event_type: &LitStr,
+    version: &Literal,
+    topic: &TokenStream,
+    key: &TokenStream,
+    event_type_value: &TokenStream,
+) -> TokenStream {
+    quote! {
         const _: () = {
             use ::outbox_core::__private::typetag;
 
@@ -117,22 +111,26 @@ fn fallback(input: &Input<'_>, error: &syn::Error) -> TokenStream {
             #[allow(unused_qualifications)]
             impl ::outbox_core::OutboxEvent for #ident {
                 fn topic(&self) -> ::outbox_core::__private::Cow<'_, str> {
-                    ::core::unreachable!()
+                    #topic
                 }
 
                 fn key(&self) -> ::outbox_core::__private::Option<::outbox_core::__private::String> {
-                    ::core::unreachable!()
+                    #key
                 }
 
                 fn event_type(&self) -> &'static str {
-                    ::core::unreachable!()
+                    #event_type_value
+                }
+
+                fn schema_version(&self) -> u32 {
+                    #version
                 }
             }
 
             #[automatically_derived]
             impl ::outbox_core::TypedEvent for #ident {
                 const EVENT_TYPE: &'static str = #event_type;
-                const SCHEMA_VERSION: u32 = 1;
+                const SCHEMA_VERSION: u32 = #version;
             }
         };
     }
