@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub struct InMemorySink {
 #[derive(Debug, Default)]
 struct State {
     delivered: Vec<OutboxRecord>,
-    fail_next: Vec<FailureKind>,
+    fail_next: VecDeque<FailureKind>,
     failing_topics: HashMap<String, FailureKind>,
     latency: Duration,
     batches: usize,
@@ -133,8 +133,7 @@ impl Sink for InMemorySink {
             }
             let failure = match state.failing_topics.get(&record.topic) {
                 Some(kind) => Some(*kind),
-                None if !state.fail_next.is_empty() => Some(state.fail_next.remove(0)),
-                None => None,
+                None => state.fail_next.pop_front(),
             };
             match failure {
                 None => {
