@@ -1,12 +1,17 @@
 //! The `outbox` table for [`sea-orm-migration`](sea_orm_migration).
 //!
-//! - [`Migration`]: creates the `outbox` table and the indexes the relay's
-//!   claim query uses, with column types per database (PostgreSQL,
-//!   MySQL/MariaDB, SQLite); its `down` drops the table.
-//! - [`Migrator`]: a migrator with just that migration, for services that
-//!   keep no migrations of their own.
+//! - [`Migration`]: creates the `outbox` table and its indexes, with column
+//!   types per database (PostgreSQL, MySQL/MariaDB, SQLite); its `down`
+//!   drops the table.
+//! - [`KeyHeads`]: adds `outbox_keys`, the heads of the keys with pending
+//!   records, which the claim reads instead of the records behind blocked
+//!   keys ([`m20261201_000001_key_heads`]).
+//! - [`migrations`]: both, in order.
+//! - [`Migrator`]: a migrator with just these, for services that keep no
+//!   migrations of their own.
 //!
-//! Most services have a `Migrator` already; add the outbox migration to it:
+//! Most services have a `Migrator` already; add the outbox migrations to
+//! it:
 //!
 //! ```
 //! use sea_orm_migration::prelude::*;
@@ -41,16 +46,24 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_outbox_table;
+pub mod m20261201_000001_key_heads;
 
 pub use m20261128_000001_create_outbox_table::Migration;
+pub use m20261201_000001_key_heads::Migration as KeyHeads;
 
-/// Runs the outbox migration, for services without a migrator of their own.
+/// Every outbox migration, in order: add them to your own `Migrator`.
+pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(Migration), Box::new(KeyHeads)]
+}
+
+/// Runs the outbox migrations, for services without a migrator of their
+/// own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Migration)]
+        migrations()
     }
 }

@@ -117,11 +117,16 @@ async fn up_creates_the_table_and_down_drops_it_on_sqlite() {
     assert_eq!(
         table_names(&db).await,
         [
+            "idx_outbox_dead",
             "idx_outbox_key_pending",
+            "idx_outbox_keyless",
+            "idx_outbox_keys_next",
             "idx_outbox_pending",
             "idx_outbox_published",
             "outbox",
+            "outbox_keys",
             "sqlite_autoindex_outbox_1",
+            "sqlite_autoindex_outbox_keys_1",
         ]
     );
     let status = Migrator::get_pending_migrations(&db).await.unwrap();
@@ -138,4 +143,55 @@ async fn up_creates_the_table_and_down_drops_it_on_sqlite() {
 
     Migrator::down(&db, None).await.unwrap();
     assert!(table_names(&db).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_key_heads_migration_starts_every_pending_key_at_its_first_record() {
+    let mut options = ConnectOptions::new("sqlite::memory:");
+    options.max_connections(1);
+    let db = Database::connect(options).await.unwrap();
+    // A table from before the key heads: records of k (one published, two
+    // pending), of l (dead), and without a key.
+    Migrator::up(&db, Some(1)).await.unwrap();
+    let row = |key: &str, status: &str, at: &str| {
+        format!(
+            "INSERT INTO outbox (event_id, topic, partition_key, event_type, schema_version, \
+             payload, headers, status, available_at, created_at, updated_at) VALUES \
+             (randomblob(16), 't', {key}, 'e', 1, '{{}}', '{{}}', '{status}', '{at}', \
+             '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')"
+        )
+    };
+    for insert in [
+        row("'k'", "published", "2026-01-01T00:00:00+00:00"),
+        row("'k'", "pending", "2026-01-02T00:00:00+00:00"),
+        row("'k'", "pending", "2026-01-01T00:00:00+00:00"),
+        row("'l'", "dead", "2026-01-01T00:00:00+00:00"),
+        row("NULL", "pending", "2026-01-01T00:00:00+00:00"),
+    ] {
+        db.execute_unprepared(&insert).await.unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    let keys: Vec<(String, String)> = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT partition_key, next_at FROM outbox_keys ORDER BY partition_key",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.try_get("", "partition_key").unwrap(),
+                row.try_get("", "next_at").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [("k".to_owned(), "2026-01-02T00:00:00+00:00".to_owned())],
+        "k starts at its first pending record; l has none pending"
+    );
+    Migrator::down(&db, Some(1)).await.unwrap();
+    assert!(!table_names(&db).await.contains(&"outbox_keys".to_owned()));
+    assert!(table_names(&db).await.contains(&"outbox".to_owned()));
 }

@@ -21,6 +21,16 @@ pub enum Error {
         /// What serde_json said (shown in the message, so not a `source()`).
         cause: serde_json::Error,
     },
+    /// The event's key is the empty string.
+    #[error(
+        "event `{event_type}` has an empty key; Kafka's default partitioner spreads empty keys \
+         over random partitions, so it would order nothing: give the event a key, or no key \
+         for an unordered event"
+    )]
+    EmptyKey {
+        /// The event type.
+        event_type: String,
+    },
     /// A payload did not decode into the named event type.
     #[error(
         "cannot decode a payload of event type `{event_type}`: {cause}; is that type linked \

@@ -54,6 +54,7 @@
 //! - `derive` (default): re-exports `#[derive(OutboxEvent)]`.
 //! - `testkit`: [`testkit`], the conformance suite every store runs.
 
+mod clock;
 mod error;
 mod event;
 mod memory;
@@ -66,14 +67,17 @@ mod store;
 pub mod testkit;
 mod trace;
 
+pub use clock::{Clock, SystemClock};
 pub use error::{BoxError, Error, StoreError};
 pub use event::{OutboxEvent, TypedEvent, decode, decode_as};
 pub use memory::{FailureKind, InMemorySink, InMemoryStore};
 pub use record::{Headers, NewRecord, OutboxRecord, Status};
-pub use relay::{Relay, RelayBuilder, RelayStatus, RunReport};
-pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryPolicy};
-pub use sink::{Outcome, Sink};
-pub use store::{ClaimRequest, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, Retry};
+pub use relay::{DeadKeyPolicy, Relay, RelayBuilder, RelayStatus, RunReport};
+pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
+pub use sink::{Outcome, Sink, error_chain};
+pub use store::{
+    ClaimRequest, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, Retry, Settlement,
+};
 pub use trace::{TRACEPARENT, set_traceparent_source};
 
 #[cfg(feature = "derive")]

@@ -49,12 +49,19 @@ impl NewRecord {
     ///
     /// Fails with [`Error::Encode`] when the event does not serialize to
     /// JSON (a map with non-string keys, a failing `Serialize` impl), so the
-    /// caller's transaction fails instead of the relay.
+    /// caller's transaction fails instead of the relay, and with
+    /// [`Error::EmptyKey`] when its key is `""` (use no key instead).
     ///
     /// When a [traceparent source](crate::set_traceparent_source) is
     /// installed and returns one, the record carries it as the
     /// `traceparent` header (an event's own header of that name wins).
     pub fn from_event(event: &dyn OutboxEvent) -> Result<Self, Error> {
+        let key = event.key();
+        if key.as_deref() == Some("") {
+            return Err(Error::EmptyKey {
+                event_type: event.event_type().to_owned(),
+            });
+        }
         let now = Utc::now();
         let mut headers: Headers = crate::trace::current_traceparent()
             .map(|traceparent| (crate::TRACEPARENT.to_owned(), traceparent))
@@ -64,7 +71,7 @@ impl NewRecord {
         Ok(Self {
             event_id: Uuid::now_v7(),
             topic: event.topic().into_owned(),
-            key: event.key(),
+            key,
             event_type: event.event_type().to_owned(),
             schema_version: event.schema_version(),
             payload: payload_json(event)?,

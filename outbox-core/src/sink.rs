@@ -24,6 +24,22 @@ pub trait Sink: Send + Sync {
     /// A sink-wide failure (the broker is unreachable) is a retriable
     /// outcome for every record.
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome>;
+
+    /// Publishes a batch like [`publish`](Sink::publish), but reports each
+    /// record's outcome through `report(index, outcome)` as soon as it is
+    /// known (index into `records`), exactly once per record, so the relay
+    /// can mark delivered records published while slower ones are still in
+    /// flight. The same per-key rule holds. The default calls `publish` and
+    /// reports every outcome when it returns.
+    async fn publish_each(
+        &self,
+        records: &[OutboxRecord],
+        report: &(dyn Fn(usize, Outcome) + Send + Sync),
+    ) {
+        for (index, outcome) in self.publish(records).await.into_iter().enumerate() {
+            report(index, outcome);
+        }
+    }
 }
 
 #[async_trait]
@@ -31,12 +47,26 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
         (**self).publish(records).await
     }
+    async fn publish_each(
+        &self,
+        records: &[OutboxRecord],
+        report: &(dyn Fn(usize, Outcome) + Send + Sync),
+    ) {
+        (**self).publish_each(records, report).await
+    }
 }
 
 #[async_trait]
 impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
         (**self).publish(records).await
+    }
+    async fn publish_each(
+        &self,
+        records: &[OutboxRecord],
+        report: &(dyn Fn(usize, Outcome) + Send + Sync),
+    ) {
+        (**self).publish_each(records, report).await
     }
 }
 
@@ -88,8 +118,9 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// `error: cause: cause`, the form stored as a record's `last_error`.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources as one line, `error: cause: cause`: the form
+/// stored as a record's `last_error`, and handy in logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -103,3 +134,72 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// Proves that [`Sink`] is object safe.
 #[allow(dead_code)]
 fn assert_object_safe(_: Box<dyn Sink>) {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Fails the second record of every batch, delivers the rest.
+    struct SecondFails;
+
+    #[async_trait]
+    impl Sink for SecondFails {
+        async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+            (0..records.len())
+                .map(|i| match i {
+                    1 => Outcome::retriable("second"),
+                    _ => Outcome::Delivered,
+                })
+                .collect()
+        }
+    }
+
+    fn records(n: i64) -> Vec<OutboxRecord> {
+        let now = chrono::Utc::now();
+        (1..=n)
+            .map(|id| {
+                OutboxRecord::from_new(
+                    id,
+                    crate::NewRecord {
+                        event_id: uuid::Uuid::now_v7(),
+                        topic: "t".into(),
+                        key: None,
+                        event_type: "E".into(),
+                        schema_version: 1,
+                        payload: "{}".into(),
+                        headers: Default::default(),
+                        created_at: now,
+                        available_at: now,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    async fn reported(sink: &dyn Sink, records: &[OutboxRecord]) -> Vec<(usize, String)> {
+        let seen = Mutex::new(Vec::new());
+        sink.publish_each(records, &|index, outcome: Outcome| {
+            seen.lock().unwrap().push((index, outcome.to_string()));
+        })
+        .await;
+        seen.into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn publish_each_reports_publish_outcomes_once_each_in_order() {
+        let records = records(3);
+        let expected = vec![
+            (0, "delivered".to_owned()),
+            (1, "retriable failure: second".to_owned()),
+            (2, "delivered".to_owned()),
+        ];
+        assert_eq!(reported(&SecondFails, &records).await, expected);
+        let boxed: Box<dyn Sink> = Box::new(SecondFails);
+        assert_eq!(reported(&boxed, &records).await, expected);
+        let shared: Arc<dyn Sink> = Arc::new(SecondFails);
+        assert_eq!(reported(&shared, &records).await, expected);
+        assert!(reported(&SecondFails, &[]).await.is_empty());
+    }
+}

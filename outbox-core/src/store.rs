@@ -13,38 +13,32 @@ use crate::record::{NewRecord, OutboxRecord};
 /// What a relay asks of [`OutboxStore::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRequest {
-    /// The relay's id, written to `locked_by`; later calls only touch
-    /// records still leased to it.
+    /// The claim's token, written to `locked_by`: settling only touches
+    /// records still leased under it. A relay makes a new one per claim
+    /// (its id and a sequence number), so two claims never settle each
+    /// other's records.
     pub owner: String,
     /// The most records to claim.
     pub limit: usize,
-    /// How long the claim holds: past `now + lease` another relay may take
-    /// the records over.
+    /// How long the claim holds, on the store's clock: after that another
+    /// relay may take the records over.
     pub lease: Duration,
-    /// The relay's clock. Records available after `now`, or leased until
-    /// after `now`, are not claimable.
-    pub now: DateTime<Utc>,
+    /// Whether a record the store sets aside as dead while claiming (a row
+    /// that cannot be read) holds its key, as a failed publish does under
+    /// the relay's default [`DeadLetter::holds_key`].
+    pub dead_holds_key: bool,
 }
 
-impl ClaimRequest {
-    /// When the lease of this claim ends.
-    pub fn lease_until(&self) -> DateTime<Utc> {
-        chrono::Duration::from_std(self.lease)
-            .ok()
-            .and_then(|lease| self.now.checked_add_signed(lease))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
-    }
-}
-
-/// A failed record to try again at `retry_at`.
+/// A failed record to try again after `delay`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {
     /// The record.
     pub id: i64,
     /// The failure, stored as `last_error`.
     pub error: String,
-    /// When it becomes available again.
-    pub retry_at: DateTime<Utc>,
+    /// How long until it becomes available again, counted on the store's
+    /// clock (the database's), not the relay's.
+    pub delay: Duration,
 }
 
 /// A failed record to move to dead letters.
@@ -54,6 +48,37 @@ pub struct DeadLetter {
     pub id: i64,
     /// The failure, stored as `last_error`.
     pub error: String,
+    /// Whether the dead record holds its key: later records of the key wait
+    /// until an operator requeues or discards it ([`OutboxAdmin`]). When
+    /// false they flow past it, and a requeued record arrives after them.
+    pub holds_key: bool,
+}
+
+/// What became of the records of one claim, settled in one step:
+/// [`OutboxStore::settle`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Delivered: mark published.
+    pub published: Vec<i64>,
+    /// Failed, to try again: count an attempt and wait.
+    pub retries: Vec<Retry>,
+    /// Failed for good: count an attempt and move to dead letters.
+    pub dead: Vec<DeadLetter>,
+    /// Not attempted (held back behind a failed record of their key, or
+    /// given back on shutdown): claimable again at once, no attempt counted.
+    pub released: Vec<i64>,
+}
+
+impl Settlement {
+    /// How many records it settles.
+    pub fn len(&self) -> usize {
+        self.published.len() + self.retries.len() + self.dead.len() + self.released.len()
+    }
+
+    /// Whether it settles nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The durable queue the relay works from.
@@ -61,17 +86,24 @@ pub struct DeadLetter {
 /// # The claim contract
 ///
 /// [`claim`](OutboxStore::claim) returns, in `id` order, up to `limit`
-/// pending records that are available (`available_at <= now`) and not
-/// leased (`locked_until` unset or before `now`), and leases them to
-/// `owner` until `now + lease`. Per-key order: a record is claimable only
-/// if every earlier pending record of its key is claimed in the same call,
-/// so a record never overtakes an earlier one of its key that is in
-/// backoff, leased by another relay, or still failing, while records of
-/// other keys flow. Concurrent claimers get disjoint records.
+/// pending records that are available (`available_at` reached) and not
+/// leased, and leases them under `owner` for `lease`. Times are the
+/// store's: the database's clock, never the relay's, so relays on hosts
+/// whose clocks differ neither steal each other's leases nor write leases
+/// that have run out.
 ///
-/// The other methods touch only records still leased to `owner`, and return
-/// how many they changed: a relay whose lease ran out and was taken over
-/// changes nothing.
+/// Per-key order: a record is claimable only if every earlier pending
+/// record of its key is claimed in the same call, so a record never
+/// overtakes an earlier one of its key that is in backoff, delayed, leased
+/// by another claim, or dead and holding its key; records of other keys
+/// flow, and the cost of a claim does not grow with the records waiting
+/// behind blocked keys. Concurrent claimers get disjoint records. A row
+/// that cannot be read is moved to dead letters with the reason, and the
+/// claim goes on without it.
+///
+/// [`settle`](OutboxStore::settle) touches only records still leased under
+/// `owner`, and returns how many it changed: a claim whose lease ran out
+/// and was taken over changes nothing.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// Writes records outside any business transaction (adapters also offer
@@ -81,20 +113,49 @@ pub trait OutboxStore: Send + Sync {
     /// Claims a batch under a lease; see the trait docs.
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError>;
 
-    /// Marks records published and clears their lease.
-    async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError>;
+    /// Applies a [`Settlement`] to records leased under `owner`, all or
+    /// nothing, and clears their leases. Returns how many records changed.
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError>;
 
-    /// Counts a failed attempt, stores the error, clears the lease and makes
-    /// each record available again at its `retry_at`.
-    async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError>;
+    /// Marks records published: a [`settle`](Self::settle) of just that.
+    async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
+        let settlement = Settlement {
+            published: ids.to_vec(),
+            ..Settlement::default()
+        };
+        self.settle(owner, &settlement).await
+    }
 
-    /// Counts a failed attempt, stores the error and moves records to dead.
-    async fn mark_dead(&self, owner: &str, dead: &[DeadLetter]) -> Result<u64, StoreError>;
+    /// Counts a failed attempt, stores the error and makes each record
+    /// available again after its delay: a [`settle`](Self::settle) of just
+    /// that.
+    async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError> {
+        let settlement = Settlement {
+            retries: retries.to_vec(),
+            ..Settlement::default()
+        };
+        self.settle(owner, &settlement).await
+    }
+
+    /// Counts a failed attempt, stores the error and moves records to dead:
+    /// a [`settle`](Self::settle) of just that.
+    async fn mark_dead(&self, owner: &str, dead: &[DeadLetter]) -> Result<u64, StoreError> {
+        let settlement = Settlement {
+            dead: dead.to_vec(),
+            ..Settlement::default()
+        };
+        self.settle(owner, &settlement).await
+    }
 
     /// Clears the lease of records without counting an attempt, so they are
-    /// claimable again at once (on shutdown, or when held back behind a
-    /// failed record of their key).
-    async fn release(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError>;
+    /// claimable again at once: a [`settle`](Self::settle) of just that.
+    async fn release(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
+        let settlement = Settlement {
+            released: ids.to_vec(),
+            ..Settlement::default()
+        };
+        self.settle(owner, &settlement).await
+    }
 }
 
 /// Counts of an outbox, for operators and health checks.
@@ -134,13 +195,20 @@ pub trait OutboxAdmin: Send + Sync {
     ) -> Result<Vec<OutboxRecord>, StoreError>;
 
     /// Moves one dead record back to pending, available now, with its
-    /// attempts reset (its last error is kept). Returns whether the record
-    /// was dead.
+    /// attempts reset (its last error is kept); if it held its key, the key
+    /// flows again from it. Returns whether the record was dead.
     async fn requeue(&self, id: i64) -> Result<bool, StoreError>;
 
     /// Moves every dead record back to pending, as [`requeue`](Self::requeue)
     /// does; returns how many.
     async fn requeue_all(&self) -> Result<u64, StoreError>;
+
+    /// Gives up on a dead record for good: it stays in the table as dead,
+    /// with the discard noted in its last error, and no longer holds its
+    /// key, so the key's later records flow. Returns whether the record was
+    /// dead and holding its key (discarding one that holds nothing changes
+    /// nothing).
+    async fn discard(&self, id: i64) -> Result<bool, StoreError>;
 
     /// Deletes published records published before `before`, `batch_size`
     /// rows per statement (so no statement holds many locks), until none is
@@ -166,17 +234,8 @@ macro_rules! forward_store {
             async fn claim(&self, request: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError> {
                 (**self).claim(request).await
             }
-            async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
-                (**self).mark_published(owner, ids).await
-            }
-            async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError> {
-                (**self).schedule_retry(owner, retries).await
-            }
-            async fn mark_dead(&self, owner: &str, dead: &[DeadLetter]) -> Result<u64, StoreError> {
-                (**self).mark_dead(owner, dead).await
-            }
-            async fn release(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
-                (**self).release(owner, ids).await
+            async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+                (**self).settle(owner, settlement).await
             }
         }
     )*};

@@ -23,12 +23,23 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 use crate::{
-    ClaimRequest, DeadLetter, NewRecord, OutboxAdmin, OutboxRecord, OutboxStore, Retry, Status,
+    ClaimRequest, DeadLetter, InMemoryStore, NewRecord, OutboxAdmin, OutboxRecord, OutboxStore,
+    Retry, Settlement, Status,
 };
 
-/// What a store must be to run the suite.
-pub trait TestStore: OutboxStore + OutboxAdmin + Clone + 'static {}
-impl<T: OutboxStore + OutboxAdmin + Clone + 'static> TestStore for T {}
+/// What a store must be to run the suite: a store whose clock a test can
+/// move forward.
+pub trait TestStore: OutboxStore + OutboxAdmin + Clone + 'static {
+    /// Moves the store's clock (the one its leases, backoff and
+    /// availability follow) forward by `by`, for this store and its clones.
+    fn advance_clock(&self, by: Duration);
+}
+
+impl TestStore for InMemoryStore {
+    fn advance_clock(&self, by: Duration) {
+        InMemoryStore::advance_clock(self, by);
+    }
+}
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling
 /// `$factory().await` for a fresh `Some((store, guard))`, or `None` to skip.
@@ -52,7 +63,11 @@ macro_rules! store_conformance_tests {
             claims_take_a_prefix_of_each_key,
             a_key_in_backoff_blocks_only_itself,
             a_key_leased_elsewhere_blocks_only_itself,
-            a_dead_record_no_longer_blocks_its_key,
+            a_dead_record_holds_its_key_until_requeued,
+            a_discarded_dead_record_frees_its_key,
+            a_dead_record_that_does_not_hold_lets_its_key_flow,
+            a_delayed_record_holds_its_key_until_due,
+            settle_applies_every_outcome_at_once,
             concurrent_claimers_get_disjoint_records_in_key_order,
         );
     };
@@ -87,31 +102,46 @@ pub fn record(key: Option<&str>, n: u32) -> NewRecord {
     }
 }
 
-fn claim_request(owner: &str, limit: usize, now: DateTime<Utc>) -> ClaimRequest {
+fn claim_request(owner: &str, limit: usize) -> ClaimRequest {
     ClaimRequest {
         owner: owner.to_owned(),
         limit,
         lease: Duration::from_secs(30),
-        now,
+        dead_holds_key: true,
     }
 }
 
-async fn claim<S: TestStore>(
-    store: &S,
-    owner: &str,
-    limit: usize,
-    now: DateTime<Utc>,
-) -> Vec<OutboxRecord> {
+async fn claim<S: TestStore>(store: &S, owner: &str, limit: usize) -> Vec<OutboxRecord> {
     store
-        .claim(&claim_request(owner, limit, now))
+        .claim(&claim_request(owner, limit))
         .await
         .expect("claim failed")
 }
 
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn retry(id: i64, error: &str, delay: Duration) -> Retry {
+    Retry {
+        id,
+        error: error.to_owned(),
+        delay,
+    }
+}
+
+fn dead(id: i64, error: &str, holds_key: bool) -> DeadLetter {
+    DeadLetter {
+        id,
+        error: error.to_owned(),
+        holds_key,
+    }
+}
+
 async fn enqueue<S: TestStore>(store: &S, records: &[NewRecord]) -> Vec<OutboxRecord> {
     store.enqueue(records).await.expect("enqueue failed");
-    // Read them back through a claim far in the future, then release.
-    let all = claim(store, "reader", usize::MAX >> 1, far_future()).await;
+    // Read them back through a claim, then release.
+    let all = claim(store, "reader", usize::MAX >> 1).await;
     let ids: Vec<i64> = all.iter().map(|r| r.id).collect();
     store.release("reader", &ids).await.expect("release failed");
     let wanted: HashSet<Uuid> = records.iter().map(|r| r.event_id).collect();
@@ -126,10 +156,6 @@ async fn enqueue<S: TestStore>(store: &S, records: &[NewRecord]) -> Vec<OutboxRe
         "not every enqueued record was stored"
     );
     found
-}
-
-fn far_future() -> DateTime<Utc> {
-    Utc::now() + TimeDelta::days(365)
 }
 
 fn ids(records: &[OutboxRecord]) -> Vec<i64> {
@@ -166,8 +192,10 @@ pub async fn enqueue_keeps_every_field<S: TestStore>(store: S) {
         assert_eq!(got.attempts, 0);
         assert_eq!(got.last_error, None);
         assert!(close(got.created_at, new.created_at), "created_at changed");
+        // A store may stamp availability with its own clock (the
+        // database's) at the insert.
         assert!(
-            close(got.available_at, new.available_at),
+            (got.available_at - new.available_at).abs() <= TimeDelta::seconds(5),
             "available_at changed"
         );
     }
@@ -176,39 +204,37 @@ pub async fn enqueue_keeps_every_field<S: TestStore>(store: S) {
 /// Claims come in id order, bounded by the limit, and leave the rest.
 pub async fn claims_pending_records_in_id_order<S: TestStore>(store: S) {
     let stored = enqueue(&store, &(0..5).map(|n| record(None, n)).collect::<Vec<_>>()).await;
-    let now = Utc::now();
-    let first = claim(&store, "a", 3, now).await;
+    let first = claim(&store, "a", 3).await;
     assert_eq!(ids(&first), ids(&stored[..3]));
-    let second = claim(&store, "b", 10, now).await;
+    let second = claim(&store, "b", 10).await;
     assert_eq!(ids(&second), ids(&stored[3..]));
-    assert!(claim(&store, "c", 10, now).await.is_empty());
+    assert!(claim(&store, "c", 10).await.is_empty());
 }
 
-/// A record available later (delayed delivery, backoff) waits until then.
+/// A record available later (delayed delivery, backoff) waits until then,
+/// on the store's clock.
 pub async fn claims_only_available_records<S: TestStore>(store: S) {
     let later = Utc::now() + TimeDelta::minutes(10);
     store
         .enqueue(&[record(None, 1).available_at(later)])
         .await
         .unwrap();
-    assert!(claim(&store, "a", 10, Utc::now()).await.is_empty());
-    let claimed = claim(&store, "a", 10, later + TimeDelta::seconds(1)).await;
-    assert_eq!(claimed.len(), 1);
+    assert!(claim(&store, "a", 10).await.is_empty());
+    store.advance_clock(secs(9 * 60));
+    assert!(claim(&store, "a", 10).await.is_empty());
+    store.advance_clock(secs(61));
+    assert_eq!(claim(&store, "a", 10).await.len(), 1);
 }
 
 /// A record under a live lease is not claimed by anyone, its owner
 /// included.
 pub async fn leased_records_are_not_claimed_again<S: TestStore>(store: S) {
     enqueue(&store, &[record(None, 1), record(None, 2)]).await;
-    let now = Utc::now();
-    assert_eq!(claim(&store, "a", 10, now).await.len(), 2);
-    assert!(
-        claim(&store, "b", 10, now + TimeDelta::seconds(29))
-            .await
-            .is_empty()
-    );
-    assert!(claim(&store, "a", 10, now).await.is_empty());
-    let stats = store.stats(now).await.unwrap();
+    assert_eq!(claim(&store, "a", 10).await.len(), 2);
+    store.advance_clock(secs(29));
+    assert!(claim(&store, "b", 10).await.is_empty());
+    assert!(claim(&store, "a", 10).await.is_empty());
+    let stats = store.stats(Utc::now()).await.unwrap();
     assert_eq!((stats.pending, stats.leased), (2, 2));
 }
 
@@ -216,11 +242,10 @@ pub async fn leased_records_are_not_claimed_again<S: TestStore>(store: S) {
 /// settle it.
 pub async fn expired_lease_is_taken_over<S: TestStore>(store: S) {
     enqueue(&store, &[record(Some("k"), 1), record(Some("k"), 2)]).await;
-    let now = Utc::now();
-    let first = claim(&store, "crashed", 10, now).await;
+    let first = claim(&store, "crashed", 10).await;
     assert_eq!(first.len(), 2);
-    let after_lease = now + TimeDelta::seconds(31);
-    let taken = claim(&store, "rescuer", 10, after_lease).await;
+    store.advance_clock(secs(31));
+    let taken = claim(&store, "rescuer", 10).await;
     assert_eq!(
         ids(&taken),
         ids(&first),
@@ -234,39 +259,32 @@ pub async fn expired_lease_is_taken_over<S: TestStore>(store: S) {
         store.mark_published("rescuer", &ids(&taken)).await.unwrap(),
         2
     );
-    assert_eq!(store.stats(after_lease).await.unwrap().published, 2);
+    assert_eq!(store.stats(Utc::now()).await.unwrap().published, 2);
 }
 
 /// Published records are never claimed again.
 pub async fn mark_published_removes_from_claims<S: TestStore>(store: S) {
     enqueue(&store, &(0..4).map(|n| record(None, n)).collect::<Vec<_>>()).await;
-    let claimed = claim(&store, "a", 10, Utc::now()).await;
+    let claimed = claim(&store, "a", 10).await;
     assert_eq!(store.mark_published("a", &ids(&claimed)).await.unwrap(), 4);
-    assert!(claim(&store, "b", 10, far_future()).await.is_empty());
+    store.advance_clock(secs(3600));
+    assert!(claim(&store, "b", 10).await.is_empty());
     let stats = store.stats(Utc::now()).await.unwrap();
-    assert_eq!((stats.pending, stats.published, stats.leased), (0, 4, 0));
+    assert_eq!((stats.pending, stats.published), (0, 4));
 }
 
 /// Nothing settles a record leased to someone else, or not leased at all.
 pub async fn only_the_lease_owner_settles<S: TestStore>(store: S) {
     let stored = enqueue(&store, &[record(None, 1), record(None, 2)]).await;
-    let claimed = claim(&store, "owner", 1, Utc::now()).await;
+    let claimed = claim(&store, "owner", 1).await;
     let leased = claimed[0].id;
     let free = stored[1].id;
-    let when = Utc::now();
     for id in [leased, free] {
         assert_eq!(store.mark_published("thief", &[id]).await.unwrap(), 0);
-        let retry = Retry {
-            id,
-            error: "x".into(),
-            retry_at: when,
-        };
-        assert_eq!(store.schedule_retry("thief", &[retry]).await.unwrap(), 0);
-        let dead = DeadLetter {
-            id,
-            error: "x".into(),
-        };
-        assert_eq!(store.mark_dead("thief", &[dead]).await.unwrap(), 0);
+        let retries = [retry(id, "x", Duration::ZERO)];
+        assert_eq!(store.schedule_retry("thief", &retries).await.unwrap(), 0);
+        let dead = [dead(id, "x", true)];
+        assert_eq!(store.mark_dead("thief", &dead).await.unwrap(), 0);
         assert_eq!(store.release("thief", &[id]).await.unwrap(), 0);
     }
     assert_eq!(
@@ -278,45 +296,35 @@ pub async fn only_the_lease_owner_settles<S: TestStore>(store: S) {
     assert_eq!((stats.pending, stats.leased, stats.dead), (2, 1, 0));
 }
 
-/// A retry counts the attempt, keeps the error, and waits for `retry_at`.
+/// A retry counts the attempt, keeps the error, and waits for its delay on
+/// the store's clock.
 pub async fn retry_counts_the_attempt_and_waits<S: TestStore>(store: S) {
     enqueue(&store, &[record(None, 1)]).await;
-    let now = Utc::now();
-    let claimed = claim(&store, "a", 10, now).await;
-    let retry_at = now + TimeDelta::seconds(60);
-    let retry = Retry {
-        id: claimed[0].id,
-        error: "broker timed out".into(),
-        retry_at,
-    };
-    assert_eq!(store.schedule_retry("a", &[retry]).await.unwrap(), 1);
-    assert!(
-        claim(&store, "a", 10, now + TimeDelta::seconds(59))
-            .await
-            .is_empty()
-    );
-    let again = claim(&store, "a", 10, retry_at + TimeDelta::seconds(1)).await;
+    let claimed = claim(&store, "a", 10).await;
+    let retries = [retry(claimed[0].id, "broker timed out", secs(60))];
+    assert_eq!(store.schedule_retry("a", &retries).await.unwrap(), 1);
+    store.advance_clock(secs(55));
+    assert!(claim(&store, "a", 10).await.is_empty());
+    store.advance_clock(secs(6));
+    let again = claim(&store, "a", 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[0].last_error.as_deref(), Some("broker timed out"));
-    assert!(close(again[0].available_at, retry_at));
 }
 
 /// Dead records keep their error, are listed page by page, and a requeued
 /// one is claimable at once with its attempts reset.
 pub async fn dead_letters_are_listed_and_requeued<S: TestStore>(store: S) {
     enqueue(&store, &(0..3).map(|n| record(None, n)).collect::<Vec<_>>()).await;
-    let claimed = claim(&store, "a", 10, Utc::now()).await;
+    let claimed = claim(&store, "a", 10).await;
     let dead: Vec<DeadLetter> = claimed
         .iter()
-        .map(|r| DeadLetter {
-            id: r.id,
-            error: format!("too large: {}", r.id),
-        })
+        .map(|r| dead(r.id, &format!("too large: {}", r.id), true))
         .collect();
     assert_eq!(store.mark_dead("a", &dead).await.unwrap(), 3);
+    store.advance_clock(secs(3600));
     assert!(
-        claim(&store, "a", 10, far_future()).await.is_empty(),
+        claim(&store, "a", 10).await.is_empty(),
         "dead is not claimable"
     );
 
@@ -337,7 +345,7 @@ pub async fn dead_letters_are_listed_and_requeued<S: TestStore>(store: S) {
         "no longer dead"
     );
     assert!(!store.requeue(i64::MAX).await.unwrap(), "no such record");
-    let revived = claim(&store, "b", 10, Utc::now() + TimeDelta::seconds(1)).await;
+    let revived = claim(&store, "b", 10).await;
     assert_eq!(ids(&revived), vec![claimed[1].id]);
     assert_eq!(revived[0].attempts, 0);
     assert_eq!(revived[0].status, Status::Pending);
@@ -346,21 +354,33 @@ pub async fn dead_letters_are_listed_and_requeued<S: TestStore>(store: S) {
 
 /// `requeue_all` revives every dead record and nothing else.
 pub async fn requeue_all_revives_every_dead_record<S: TestStore>(store: S) {
-    enqueue(&store, &(0..4).map(|n| record(None, n)).collect::<Vec<_>>()).await;
-    let claimed = claim(&store, "a", 10, Utc::now()).await;
-    let dead: Vec<DeadLetter> = claimed[..3]
+    let stored = enqueue(
+        &store,
+        &[
+            record(None, 0),
+            record(Some("k"), 1),
+            record(Some("k"), 2),
+            record(None, 3),
+        ],
+    )
+    .await;
+    let claimed = claim(&store, "a", 10).await;
+    assert_eq!(ids(&claimed), ids(&stored));
+    let dead: Vec<DeadLetter> = claimed[..2]
         .iter()
-        .map(|r| DeadLetter {
-            id: r.id,
-            error: "boom".into(),
-        })
+        .map(|r| dead(r.id, "boom", true))
         .collect();
-    store.mark_dead("a", &dead).await.unwrap();
-    store.mark_published("a", &[claimed[3].id]).await.unwrap();
-    assert_eq!(store.requeue_all().await.unwrap(), 3);
+    let settlement = Settlement {
+        published: vec![claimed[3].id],
+        dead,
+        released: vec![claimed[2].id],
+        ..Settlement::default()
+    };
+    assert_eq!(store.settle("a", &settlement).await.unwrap(), 4);
+    assert_eq!(store.requeue_all().await.unwrap(), 2);
     assert_eq!(store.requeue_all().await.unwrap(), 0);
-    let revived = claim(&store, "b", 10, Utc::now() + TimeDelta::seconds(1)).await;
-    assert_eq!(ids(&revived), ids(&claimed[..3]));
+    let revived = claim(&store, "b", 10).await;
+    assert_eq!(ids(&revived), ids(&claimed[..3]), "k flows again, in order");
     let stats = store.stats(Utc::now()).await.unwrap();
     assert_eq!((stats.pending, stats.published, stats.dead), (3, 1, 0));
 }
@@ -368,10 +388,9 @@ pub async fn requeue_all_revives_every_dead_record<S: TestStore>(store: S) {
 /// A released record is claimable at once, with no attempt counted.
 pub async fn release_makes_records_claimable_without_an_attempt<S: TestStore>(store: S) {
     enqueue(&store, &[record(Some("k"), 1)]).await;
-    let now = Utc::now();
-    let claimed = claim(&store, "a", 10, now).await;
+    let claimed = claim(&store, "a", 10).await;
     assert_eq!(store.release("a", &ids(&claimed)).await.unwrap(), 1);
-    let again = claim(&store, "b", 10, now).await;
+    let again = claim(&store, "b", 10).await;
     assert_eq!(ids(&again), ids(&claimed));
     assert_eq!(again[0].attempts, 0);
 }
@@ -380,22 +399,14 @@ pub async fn release_makes_records_claimable_without_an_attempt<S: TestStore>(st
 /// and nothing else.
 pub async fn purge_removes_old_published_in_batches<S: TestStore>(store: S) {
     enqueue(&store, &(0..7).map(|n| record(None, n)).collect::<Vec<_>>()).await;
-    let claimed = claim(&store, "a", 10, Utc::now()).await;
-    store
-        .mark_published("a", &ids(&claimed[..5]))
-        .await
-        .unwrap();
-    store
-        .mark_dead(
-            "a",
-            &[DeadLetter {
-                id: claimed[5].id,
-                error: "x".into(),
-            }],
-        )
-        .await
-        .unwrap();
-    store.release("a", &[claimed[6].id]).await.unwrap();
+    let claimed = claim(&store, "a", 10).await;
+    let settlement = Settlement {
+        published: ids(&claimed[..5]),
+        dead: vec![dead(claimed[5].id, "x", true)],
+        released: vec![claimed[6].id],
+        ..Settlement::default()
+    };
+    assert_eq!(store.settle("a", &settlement).await.unwrap(), 7);
 
     let before_publish = Utc::now() - TimeDelta::hours(1);
     assert_eq!(store.purge_published(before_publish, 2).await.unwrap(), 0);
@@ -423,20 +434,15 @@ pub async fn stats_count_by_status<S: TestStore>(store: S) {
         ],
     )
     .await;
-    let claimed = claim(&store, "a", 2, Utc::now()).await;
-    store.mark_published("a", &[claimed[0].id]).await.unwrap();
-    store
-        .mark_dead(
-            "a",
-            &[DeadLetter {
-                id: claimed[1].id,
-                error: "x".into(),
-            }],
-        )
-        .await
-        .unwrap();
+    let claimed = claim(&store, "a", 2).await;
+    let settlement = Settlement {
+        published: vec![claimed[0].id],
+        dead: vec![dead(claimed[1].id, "x", true)],
+        ..Settlement::default()
+    };
+    store.settle("a", &settlement).await.unwrap();
+    claim(&store, "b", 1).await;
     let now = Utc::now();
-    claim(&store, "b", 1, now).await;
     let stats = store.stats(now).await.unwrap();
     assert_eq!(
         (stats.pending, stats.leased, stats.published, stats.dead),
@@ -448,7 +454,8 @@ pub async fn stats_count_by_status<S: TestStore>(store: S) {
     assert!(stats.oldest_pending_age(now + TimeDelta::seconds(10)) >= Duration::from_secs(9));
 }
 
-/// One claim may take several records of a key, always the earliest ones.
+/// One claim takes, of each key, the earliest pending records: never a
+/// later record of a key without the earlier ones.
 pub async fn claims_take_a_prefix_of_each_key<S: TestStore>(store: S) {
     let stored = enqueue(
         &store,
@@ -460,11 +467,30 @@ pub async fn claims_take_a_prefix_of_each_key<S: TestStore>(store: S) {
         ],
     )
     .await;
-    let first = claim(&store, "a", 2, Utc::now()).await;
-    assert_eq!(ids(&first), ids(&stored[..2]));
-    // k's third record waits behind the two leased ones; l flows.
-    let second = claim(&store, "b", 10, Utc::now()).await;
-    assert_eq!(ids(&second), vec![stored[2].id]);
+    let first = claim(&store, "a", 2).await;
+    assert_eq!(first.len(), 2);
+    let key_ids = |key: &str, records: &[OutboxRecord]| -> Vec<i64> {
+        records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key))
+            .map(|r| r.id)
+            .collect()
+    };
+    for key in ["k", "l"] {
+        let taken = key_ids(key, &first);
+        let all = key_ids(key, &stored);
+        assert_eq!(taken, all[..taken.len()], "not a prefix of {key}");
+    }
+    // What is left of a key waits behind its leased records; the rest flows.
+    let second = claim(&store, "b", 10).await;
+    for key in ["k", "l"] {
+        let leased = !key_ids(key, &first).is_empty();
+        assert_eq!(
+            key_ids(key, &second).is_empty(),
+            leased,
+            "{key}: first claim {first:?}, second {second:?}"
+        );
+    }
 }
 
 /// A record in backoff holds back later records of its key, not of others.
@@ -478,24 +504,22 @@ pub async fn a_key_in_backoff_blocks_only_itself<S: TestStore>(store: S) {
         ],
     )
     .await;
-    let now = Utc::now();
-    let claimed = claim(&store, "a", 10, now).await;
+    let claimed = claim(&store, "a", 10).await;
     assert_eq!(claimed.len(), 3);
-    let retry_at = now + TimeDelta::seconds(60);
-    let retry = Retry {
-        id: stored[0].id,
-        error: "timeout".into(),
-        retry_at,
+    let settlement = Settlement {
+        retries: vec![retry(stored[0].id, "timeout", secs(60))],
+        released: vec![stored[1].id],
+        published: vec![stored[2].id],
+        ..Settlement::default()
     };
-    store.schedule_retry("a", &[retry]).await.unwrap();
-    store.release("a", &[stored[1].id]).await.unwrap();
-    store.mark_published("a", &[stored[2].id]).await.unwrap();
+    store.settle("a", &settlement).await.unwrap();
     store
         .enqueue(&[record(Some("l"), 4), record(None, 5)])
         .await
         .unwrap();
 
-    let flowing = claim(&store, "a", 10, now + TimeDelta::seconds(1)).await;
+    store.advance_clock(secs(1));
+    let flowing = claim(&store, "a", 10).await;
     assert_eq!(
         flowing.len(),
         2,
@@ -504,7 +528,8 @@ pub async fn a_key_in_backoff_blocks_only_itself<S: TestStore>(store: S) {
     assert!(flowing.iter().all(|r| r.key.as_deref() != Some("k")));
     store.mark_published("a", &ids(&flowing)).await.unwrap();
 
-    let after_backoff = claim(&store, "a", 10, retry_at + TimeDelta::seconds(1)).await;
+    store.advance_clock(secs(60));
+    let after_backoff = claim(&store, "a", 10).await;
     assert_eq!(ids(&after_backoff), ids(&stored[..2]), "k resumes in order");
 }
 
@@ -521,34 +546,134 @@ pub async fn a_key_leased_elsewhere_blocks_only_itself<S: TestStore>(store: S) {
         ],
     )
     .await;
-    let now = Utc::now();
-    let first = claim(&store, "a", 1, now).await;
+    let first = claim(&store, "a", 1).await;
     assert_eq!(ids(&first), vec![stored[0].id]);
-    let second = claim(&store, "b", 10, now).await;
+    let second = claim(&store, "b", 10).await;
     assert_eq!(ids(&second), vec![stored[1].id, stored[3].id]);
     store.mark_published("a", &ids(&first)).await.unwrap();
-    let third = claim(&store, "c", 10, now).await;
+    let third = claim(&store, "c", 10).await;
     assert_eq!(ids(&third), vec![stored[2].id]);
 }
 
-/// Once an earlier record is dead, later records of its key flow.
-pub async fn a_dead_record_no_longer_blocks_its_key<S: TestStore>(store: S) {
+/// A dead record that holds its key keeps the key's later records back,
+/// other keys flow, and once requeued it is published first.
+pub async fn a_dead_record_holds_its_key_until_requeued<S: TestStore>(store: S) {
     let stored = enqueue(&store, &[record(Some("k"), 1), record(Some("k"), 2)]).await;
-    let now = Utc::now();
-    let first = claim(&store, "a", 1, now).await;
-    assert!(claim(&store, "b", 10, now).await.is_empty());
+    let first = claim(&store, "a", 1).await;
     store
-        .mark_dead(
-            "a",
-            &[DeadLetter {
-                id: first[0].id,
-                error: "too large".into(),
-            }],
-        )
+        .mark_dead("a", &[dead(first[0].id, "too large", true)])
         .await
         .unwrap();
-    let next = claim(&store, "b", 10, now).await;
+    store.enqueue(&[record(Some("l"), 3)]).await.unwrap();
+    store.advance_clock(secs(3600));
+    let flowing = claim(&store, "b", 10).await;
+    assert_eq!(flowing.len(), 1, "only l flows: {flowing:?}");
+    assert_eq!(flowing[0].key.as_deref(), Some("l"));
+    assert!(store.requeue(stored[0].id).await.unwrap());
+    let resumed = claim(&store, "c", 10).await;
+    assert_eq!(
+        ids(&resumed),
+        ids(&stored),
+        "k resumes from its dead record"
+    );
+}
+
+/// Discarding a dead record that holds its key lets the key's later
+/// records flow; the record stays dead, with the discard noted.
+pub async fn a_discarded_dead_record_frees_its_key<S: TestStore>(store: S) {
+    let stored = enqueue(&store, &[record(Some("k"), 1), record(Some("k"), 2)]).await;
+    let first = claim(&store, "a", 1).await;
+    store
+        .mark_dead("a", &[dead(first[0].id, "too large", true)])
+        .await
+        .unwrap();
+    assert!(claim(&store, "b", 10).await.is_empty());
+    assert!(!store.discard(stored[1].id).await.unwrap(), "not dead");
+    assert!(store.discard(stored[0].id).await.unwrap());
+    assert!(
+        !store.discard(stored[0].id).await.unwrap(),
+        "holds nothing now"
+    );
+    let next = claim(&store, "b", 10).await;
     assert_eq!(ids(&next), vec![stored[1].id]);
+    let listed = store.list_dead(None, 10).await.unwrap();
+    assert_eq!(ids(&listed), vec![stored[0].id]);
+    let error = listed[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("discarded") && error.contains("too large"),
+        "{error}"
+    );
+}
+
+/// A dead record that does not hold its key lets the key's later records
+/// flow at once.
+pub async fn a_dead_record_that_does_not_hold_lets_its_key_flow<S: TestStore>(store: S) {
+    let stored = enqueue(&store, &[record(Some("k"), 1), record(Some("k"), 2)]).await;
+    let first = claim(&store, "a", 1).await;
+    assert!(claim(&store, "b", 10).await.is_empty());
+    store
+        .mark_dead("a", &[dead(first[0].id, "too large", false)])
+        .await
+        .unwrap();
+    let next = claim(&store, "b", 10).await;
+    assert_eq!(ids(&next), vec![stored[1].id]);
+    assert!(!store.discard(stored[0].id).await.unwrap(), "holds nothing");
+}
+
+/// A delayed record holds its key until it is due: later records of the
+/// key wait for it, other keys flow.
+pub async fn a_delayed_record_holds_its_key_until_due<S: TestStore>(store: S) {
+    let later = Utc::now() + TimeDelta::minutes(5);
+    let delayed = record(Some("k"), 1).available_at(later);
+    let records = [delayed, record(Some("k"), 2), record(Some("l"), 3)];
+    store.enqueue(&records).await.unwrap();
+    let event_ids =
+        |claimed: &[OutboxRecord]| -> Vec<Uuid> { claimed.iter().map(|r| r.event_id).collect() };
+    let now = claim(&store, "a", 10).await;
+    assert_eq!(event_ids(&now), vec![records[2].event_id]);
+    store.mark_published("a", &ids(&now)).await.unwrap();
+    store.advance_clock(secs(301));
+    let due = claim(&store, "b", 10).await;
+    assert_eq!(
+        event_ids(&due),
+        vec![records[0].event_id, records[1].event_id]
+    );
+}
+
+/// One settlement publishes, retries, kills and releases at once, and
+/// counts what it changed.
+pub async fn settle_applies_every_outcome_at_once<S: TestStore>(store: S) {
+    let stored = enqueue(
+        &store,
+        &[
+            record(Some("a"), 1),
+            record(Some("b"), 2),
+            record(Some("b"), 3),
+            record(Some("c"), 4),
+            record(Some("d"), 5),
+        ],
+    )
+    .await;
+    let claimed = claim(&store, "x", 10).await;
+    assert_eq!(claimed.len(), 5);
+    let settlement = Settlement {
+        published: vec![stored[0].id],
+        retries: vec![retry(stored[1].id, "timeout", secs(60))],
+        released: vec![stored[2].id],
+        dead: vec![dead(stored[3].id, "too large", true)],
+    };
+    assert_eq!(store.settle("x", &settlement).await.unwrap(), 4);
+    assert_eq!(store.settle("x", &settlement).await.unwrap(), 0, "settled");
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.leased, stats.published, stats.dead),
+        (3, 1, 1, 1)
+    );
+    // b waits for its retry, c is held by its dead record; d is still leased.
+    assert!(claim(&store, "y", 10).await.is_empty());
+    store.advance_clock(secs(61));
+    let next = claim(&store, "y", 10).await;
+    assert_eq!(ids(&next), vec![stored[1].id, stored[2].id, stored[4].id]);
 }
 
 /// Claimers running at once never share a record, and a record is only
@@ -582,7 +707,7 @@ pub async fn concurrent_claimers_get_disjoint_records_in_key_order<S: TestStore>
             let owner = format!("claimer-{claimer}");
             let mut idle = 0;
             while idle < 50 {
-                let batch = claim(&store, &owner, 7, Utc::now()).await;
+                let batch = claim(&store, &owner, 7).await;
                 if batch.is_empty() {
                     idle += 1;
                     tokio::task::yield_now().await;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use outbox_core::{
-    ClaimRequest, DeadLetter, Error, ExponentialBackoff, FailureKind, InMemorySink, InMemoryStore,
-    NewRecord, OutboxAdmin, OutboxEvent, OutboxRecord, OutboxStore, Relay, Retry, RunReport,
-    Status, StoreError,
+    ClaimRequest, Error, ExponentialBackoff, FailureKind, InMemorySink, InMemoryStore, NewRecord,
+    OutboxAdmin, OutboxEvent, OutboxRecord, OutboxStore, Relay, RunReport, Settlement, Status,
+    StoreError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -287,7 +287,7 @@ async fn shutdown_leaves_no_claim_behind() {
     }
     assert!(relay.status().running);
     stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.await.unwrap();
 
     let stats = store.stats(Utc::now()).await.unwrap();
     assert_eq!(stats.leased, 0, "a claim outlived the relay: {stats:?}");
@@ -337,7 +337,7 @@ async fn several_relays_publish_everything_once() {
     }
     stop.send(true).unwrap();
     for relay in relays {
-        relay.await.unwrap().unwrap();
+        relay.await.unwrap();
     }
     let delivered = sink.delivered();
     assert_eq!(
@@ -382,10 +382,24 @@ async fn builder_validates_its_settings() {
     assert!(relay.relay_id().starts_with("relay-"));
 }
 
-/// A store whose claims fail, retriably or not.
+/// A store whose claims fail, retriably or not, and counts them.
 #[derive(Debug, Clone)]
 struct BrokenStore {
     retriable: bool,
+    claims: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl BrokenStore {
+    fn new(retriable: bool) -> Self {
+        Self {
+            retriable,
+            claims: Arc::default(),
+        }
+    }
+
+    fn claims(&self) -> u32 {
+        self.claims.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[async_trait::async_trait]
@@ -394,6 +408,8 @@ impl OutboxStore for BrokenStore {
         unreachable!()
     }
     async fn claim(&self, _: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.claims
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let error = std::io::Error::other("database unreachable");
         Err(if self.retriable {
             StoreError::retriable(error)
@@ -401,45 +417,314 @@ impl OutboxStore for BrokenStore {
             StoreError::permanent(error)
         })
     }
-    async fn mark_published(&self, _: &str, _: &[i64]) -> Result<u64, StoreError> {
-        unreachable!()
-    }
-    async fn schedule_retry(&self, _: &str, _: &[Retry]) -> Result<u64, StoreError> {
-        unreachable!()
-    }
-    async fn mark_dead(&self, _: &str, _: &[DeadLetter]) -> Result<u64, StoreError> {
-        unreachable!()
-    }
-    async fn release(&self, _: &str, _: &[i64]) -> Result<u64, StoreError> {
+    async fn settle(&self, _: &str, _: &Settlement) -> Result<u64, StoreError> {
         unreachable!()
     }
 }
 
 #[tokio::test]
-async fn store_errors_show_in_the_status_and_only_permanent_ones_stop_the_loop() {
-    let flaky = Relay::builder(BrokenStore { retriable: true }, InMemorySink::new())
-        .poll_interval(Duration::from_millis(5))
-        .build()
-        .unwrap();
-    let error = flaky.run_once().await.unwrap_err();
-    assert!(error.is_retriable());
-    assert_eq!(
-        flaky.status().last_error.as_deref(),
-        Some("database unreachable")
-    );
-    // A retriable error does not end `run`: it keeps polling until shutdown.
-    let ran = flaky
-        .run(tokio::time::sleep(Duration::from_millis(50)))
-        .await;
-    assert!(ran.is_ok());
+async fn store_errors_show_in_the_status_and_never_stop_the_loop() {
+    for retriable in [true, false] {
+        let store = BrokenStore::new(retriable);
+        let relay = Relay::builder(store.clone(), InMemorySink::new())
+            .poll_interval(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        let error = relay.run_once().await.unwrap_err();
+        assert_eq!(error.is_retriable(), retriable);
+        let status = relay.status();
+        assert_eq!(status.last_error.as_deref(), Some("database unreachable"));
+        assert_eq!(status.consecutive_failures, 1);
+        assert_eq!(status.last_success_at, None);
 
-    let broken = Relay::builder(BrokenStore { retriable: false }, InMemorySink::new())
+        // Whatever the error, `run` goes on until shutdown, pausing longer
+        // after each failure in a row: 5 ms doubling (with jitter) fits a
+        // handful of claims in 400 ms, where a fixed 5 ms pause fits ~80.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            relay.run(tokio::time::sleep(Duration::from_millis(400))),
+        )
+        .await
+        .expect("run returns on shutdown");
+        let claims = store.claims();
+        assert!(
+            (4..=16).contains(&claims),
+            "retriable={retriable}: {claims} claims in 400 ms"
+        );
+        let status = relay.status();
+        assert_eq!(status.consecutive_failures, claims);
+        assert!(!status.running);
+    }
+}
+
+/// Runs batches, moving the store's clock forward a little each time, until
+/// `minutes` of store time have passed.
+async fn outage<St: OutboxStore, Si: outbox_core::Sink>(
+    relay: &Relay<St, Si>,
+    store: &InMemoryStore,
+    minutes: u64,
+) -> RunReport {
+    let mut total = RunReport::default();
+    for _ in 0..minutes * 6 {
+        total += relay.run_once().await.unwrap();
+        store.advance_clock(Duration::from_secs(10));
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_thirty_minute_outage_makes_nothing_dead_and_keeps_order() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    for n in 0..3 {
+        enqueue(&store, &[&step("a", n), &step("b", n)]).await;
+    }
+    // The broker is down (or the topic missing) for 30 minutes of the
+    // store's clock, with the default backoff (1 s doubling to 5 min).
+    sink.fail_topic("orders", FailureKind::Retriable);
+    let relay = Relay::builder(store.clone(), sink.clone()).build().unwrap();
+    let during = outage(&relay, &store, 30).await;
+    assert!(
+        during.retried >= 2 * 5,
+        "the heads kept being retried: {during:?}"
+    );
+    assert_eq!(during.dead, 0);
+    assert_eq!(store.stats(Utc::now()).await.unwrap().dead, 0);
+    let attempts: Vec<u32> = store.records().iter().map(|r| r.attempts).collect();
+    assert!(
+        attempts.iter().any(|&a| a > 10),
+        "attempts are recorded, past the old limit of 10: {attempts:?}"
+    );
+
+    sink.heal_topic("orders");
+    store.advance_clock(Duration::from_secs(301));
+    run_until(&relay, || sink.delivered().len() == 6).await;
+    for key in ["a", "b"] {
+        assert_eq!(steps_by_key(&sink)[key], vec![0, 1, 2], "order of {key}");
+    }
+}
+
+#[tokio::test]
+async fn a_poison_record_is_dead_and_holds_only_its_own_key() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    for n in 0..3 {
+        enqueue(&store, &[&step("poison", n), &step("fine", n)]).await;
+    }
+    // The first record handed over (poison #0) is too large.
+    sink.fail_next(1, FailureKind::Permanent);
+    let relay = relay(&store, &sink);
+    run_until(&relay, || {
+        steps_by_key(&sink).get("fine").map(Vec::len) == Some(3)
+    })
+    .await;
+    enqueue(&store, &[&step("fine", 3), &step("poison", 3)]).await;
+    run_until(&relay, || steps_by_key(&sink)["fine"].len() == 4).await;
+    store.advance_clock(Duration::from_secs(3600));
+    relay.run_once().await.unwrap();
+
+    let dead = store.list_dead(None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "only the poison record is dead");
+    assert!(
+        !steps_by_key(&sink).contains_key("poison"),
+        "its key is held"
+    );
+    assert_eq!(steps_by_key(&sink)["fine"], vec![0, 1, 2, 3]);
+
+    // An operator gives up on it: the rest of its key flows, in order.
+    assert!(store.discard(dead[0].id).await.unwrap());
+    run_until(&relay, || {
+        steps_by_key(&sink).get("poison").map(Vec::len) == Some(3)
+    })
+    .await;
+    assert_eq!(steps_by_key(&sink)["poison"], vec![1, 2, 3]);
+    assert_eq!(store.stats(Utc::now()).await.unwrap().dead, 1);
+}
+
+#[tokio::test]
+async fn a_requeued_poison_record_is_published_before_the_rest_of_its_key() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    enqueue(&store, &[&step("k", 0), &step("k", 1), &step("k", 2)]).await;
+    sink.fail_next(1, FailureKind::Permanent);
+    let relay = relay(&store, &sink);
+    relay.run_once().await.unwrap();
+    relay.run_once().await.unwrap();
+    assert!(sink.delivered().is_empty(), "the dead head holds its key");
+    let dead = store.list_dead(None, 10).await.unwrap();
+    assert!(store.requeue(dead[0].id).await.unwrap());
+    run_until(&relay, || sink.delivered().len() == 3).await;
+    assert_eq!(steps_by_key(&sink)["k"], vec![0, 1, 2]);
+}
+
+#[tokio::test]
+async fn with_the_skip_policy_a_dead_record_lets_its_key_flow() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    enqueue(&store, &[&step("k", 0), &step("k", 1), &step("k", 2)]).await;
+    sink.fail_next(1, FailureKind::Permanent);
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .dead_key_policy(outbox_core::DeadKeyPolicy::Skip)
         .build()
         .unwrap();
-    let ran = tokio::time::timeout(Duration::from_secs(5), broken.run(std::future::pending()))
+    run_until(&relay, || sink.delivered().len() == 2).await;
+    assert_eq!(steps_by_key(&sink)["k"], vec![1, 2]);
+    assert_eq!(store.stats(Utc::now()).await.unwrap().dead, 1);
+}
+
+/// A sink that delivers every record at once except those of `slow_key`,
+/// which it reports only when `release` fires.
+#[derive(Debug, Clone)]
+struct SlowKeySink {
+    slow_key: &'static str,
+    release: Arc<tokio::sync::Notify>,
+    outcome: FailureKind,
+    /// Batches waiting for `release`.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowKeySink {
+    fn new(slow_key: &'static str) -> Self {
+        Self {
+            slow_key,
+            release: Arc::default(),
+            outcome: FailureKind::Retriable,
+            waiting: Arc::default(),
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl outbox_core::Sink for SlowKeySink {
+    async fn publish(&self, _: &[OutboxRecord]) -> Vec<outbox_core::Outcome> {
+        unreachable!("the relay streams outcomes")
+    }
+
+    async fn publish_each(
+        &self,
+        records: &[OutboxRecord],
+        report: &(dyn Fn(usize, outbox_core::Outcome) + Send + Sync),
+    ) {
+        let mut slow = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            if record.key.as_deref() == Some(self.slow_key) {
+                slow.push(index);
+            } else {
+                report(index, outbox_core::Outcome::Delivered);
+            }
+        }
+        let released = self.release.notified();
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        released.await;
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        for index in slow {
+            report(
+                index,
+                match self.outcome {
+                    FailureKind::Permanent => outbox_core::Outcome::permanent("slow and failed"),
+                    _ => outbox_core::Outcome::retriable("slow and failed"),
+                },
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn delivered_records_are_marked_while_a_slow_record_is_in_flight() {
+    let store = InMemoryStore::new();
+    for n in 0..5 {
+        enqueue(&store, &[&step("slow", n), &step(&format!("fast-{n}"), n)]).await;
+    }
+    let sink = SlowKeySink::new("slow");
+    let relay = Arc::new(relay_over(&store, sink.clone()));
+    let batch = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run_once().await }
+    });
+    // The fast records are marked published well within a second of their
+    // acknowledgement, while the slow key's records are still in flight.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while store.records_with_status(Status::Published).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the fast records were not marked in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!batch.is_finished());
+    assert_eq!(store.stats(Utc::now()).await.unwrap().leased, 5);
+    sink.release.notify_one();
+    let report = batch.await.unwrap().unwrap();
+    assert_eq!(
+        (
+            report.claimed,
+            report.published,
+            report.retried,
+            report.released
+        ),
+        (10, 5, 1, 4)
+    );
+}
+
+fn relay_over<Si: outbox_core::Sink>(store: &InMemoryStore, sink: Si) -> Relay<InMemoryStore, Si> {
+    Relay::builder(store.clone(), sink)
+        .batch_size(100)
+        .lease(Duration::from_secs(1))
+        .backoff(fast_backoff())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_late_settlement_of_a_taken_over_claim_changes_nothing() {
+    let store = InMemoryStore::new();
+    enqueue(&store, &[&step("k", 0), &step("k", 1)]).await;
+    let sink = SlowKeySink::new("k");
+    // One relay, two batches at once: the first claim's lease runs out while
+    // its records are in flight, and the second claim takes them over.
+    let relay = Arc::new(relay_over(&store, sink.clone()));
+    let first = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run_once().await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sink.waiting() < 1 {
+        assert!(Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    store.advance_clock(Duration::from_secs(2));
+    let second = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run_once().await }
+    });
+    while sink.waiting() < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    // Release the first claim only: it reports a failure for records that
+    // the second claim now holds, and must not touch them.
+    sink.release.notify_one();
+    let report = first.await.unwrap().unwrap();
+    assert_eq!((report.claimed, report.retried, report.released), (2, 1, 1));
+    let records = store.records();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.attempts == 0 && r.status == Status::Pending),
+        "the stale claim changed records it no longer held: {records:?}"
+    );
+    let leased = store
+        .stats(Utc::now() + chrono::TimeDelta::seconds(2))
         .await
-        .expect("a permanent store error ends run");
-    let error = ran.unwrap_err();
-    assert!(!error.is_retriable());
-    assert_eq!(error.to_string(), "database unreachable");
+        .unwrap()
+        .leased;
+    assert_eq!(leased, 2, "the second claim's lease was cleared");
+    sink.release.notify_one();
+    second.await.unwrap().unwrap();
 }

@@ -84,11 +84,13 @@ pub enum Error {
         key: String,
     },
 
-    /// No delivery report came back before the publish deadline; the record
-    /// may or may not be in the topic.
+    /// No delivery report came back in time (`message.timeout.ms` after
+    /// the record was handed to the producer, plus a grace period); the
+    /// record may or may not be in the topic.
     #[error(
-        "no delivery report for event {event_id} on topic `{topic}` within {timeout:?} \
-         (the producer's `message.timeout.ms`); it is retried and may be published twice"
+        "no delivery report for event {event_id} on topic `{topic}` within {timeout:?} of \
+         handing it to the producer (its `message.timeout.ms` plus a grace period); it is \
+         retried and may be published twice"
     )]
     DeliveryTimeout {
         /// The record's event id.

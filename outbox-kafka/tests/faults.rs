@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     OrderPlaced, TestKafka, assert_first_copies_in_order, error_of, event_ids, interleaved_orders,
-    publish_until_delivered, record, wait_until,
+    publish_all, publish_until_delivered, record, wait_until,
 };
 use outbox_core::{Outcome, Sink};
 use outbox_kafka::{Error, KafkaSink};
@@ -97,6 +97,52 @@ async fn a_broker_outage_mid_batch_loses_nothing_and_keeps_key_order() {
     publish_until_delivered(&sink, undelivered, Duration::from_secs(60)).await;
 
     let messages = kafka.read_topic(&topic, 3).await;
+    assert_first_copies_in_order(&records, &messages);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_chain_longer_than_the_message_timeout_is_delivered() {
+    let kafka = TestKafka::start();
+    let Some(mock) = kafka.faults("a_key_chain_longer_than_the_message_timeout_is_delivered")
+    else {
+        return;
+    };
+    let topic = kafka.topic(1).await;
+    let mut config = kafka.config();
+    config.set("message.timeout.ms", "1500");
+    let sink = KafkaSink::new(config).unwrap();
+    let order = |order_id, seq| OrderPlaced {
+        order_id,
+        seq,
+        note: String::new(),
+    };
+    // Connect and fetch metadata before the brokers slow down.
+    publish_all(&sink, &[record(100, &topic, &order(2, 0))]).await;
+    mock.broker_round_trip_time(-1, Duration::from_millis(300))
+        .unwrap();
+
+    // One key: each record is sent once the previous one is acknowledged,
+    // one round trip of 300 ms each, 2.4 s in all.
+    let records: Vec<_> = (0..8)
+        .map(|seq| record(seq + 1, &topic, &order(1, seq as u32)))
+        .collect();
+    let started = Instant::now();
+    let outcomes = sink.publish(&records).await;
+    let took = started.elapsed();
+    mock.broker_round_trip_time(-1, Duration::ZERO).unwrap();
+
+    for (record, outcome) in records.iter().zip(&outcomes) {
+        assert!(
+            outcome.is_delivered(),
+            "record {} after {took:?}: {outcome}",
+            record.id
+        );
+    }
+    assert!(
+        took > Duration::from_millis(1500),
+        "the chain took {took:?}, not longer than message.timeout.ms: nothing was tested"
+    );
+    let messages = kafka.read_topic(&topic, 1).await;
     assert_first_copies_in_order(&records, &messages);
 }
 

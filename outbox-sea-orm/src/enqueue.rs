@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{TimeDelta, Utc};
 use outbox_core::{NewRecord, OutboxEvent, Status};
 use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Query, SimpleExpr};
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::entity::{Column, Entity};
 use crate::error::{Error, fail};
+use crate::{clock, keys};
 
 /// Column limits of the `outbox` table, in characters.
 const MAX_TOPIC: usize = 249;
@@ -20,14 +21,38 @@ const MAX_EVENT_TYPE: usize = 255;
 /// parameters (PostgreSQL and MySQL allow 65,535).
 pub(crate) const ROWS_PER_INSERT: usize = 2_000;
 
+/// Bytes of payload and headers per `INSERT`: well under MySQL/MariaDB's
+/// smallest usual `max_allowed_packet` (16 MiB on MariaDB, 64 MiB on MySQL
+/// 8, 4 MiB on older servers), so many large events are written in several
+/// statements rather than refused. An event larger than this goes alone.
+pub(crate) const BYTES_PER_INSERT: usize = 1 << 20;
+
 /// Writes one event to the outbox through `db`: the caller's transaction
 /// (then the event is published if and only if it commits), a pool, or a
 /// mock connection. Returns the event's id.
 ///
 /// The event is serialized before anything is sent to the database, so a
 /// payload that does not serialize fails here ([`Error::Event`]) and the
-/// caller's transaction fails with it; so does a key or topic longer than
-/// the table's columns ([`Error::InvalidEvent`]).
+/// caller's transaction fails with it; so does an empty key, or a key or
+/// topic longer than the table's columns ([`Error::InvalidEvent`]).
+///
+/// # Order
+///
+/// The relay publishes the events of one key in the order their
+/// transactions commit. To make that so, `enqueue` locks the key (a row of
+/// `outbox_keys`) before writing the event, and the lock is held until the
+/// caller's transaction ends: a second transaction enqueueing for the same
+/// key waits at its `enqueue` until the first commits or rolls back.
+/// Transactions that enqueue for several keys in different orders can
+/// deadlock like any two that lock rows; the database aborts one of them
+/// (retry it). Outside a transaction, each call commits on its own, and
+/// calls racing for one key on MySQL/MariaDB may still commit out of id
+/// order: enqueue inside the business transaction, as intended.
+///
+/// The record's availability (`available_at`) is stamped with the
+/// database's clock, so a writer whose clock is off does not delay or
+/// hurry its events; a delay set with [`NewRecord::available_at`] counts
+/// from the insert.
 ///
 /// ```no_run
 /// # use outbox_core::OutboxEvent;
@@ -53,7 +78,8 @@ pub async fn enqueue(db: &impl ConnectionTrait, event: &dyn OutboxEvent) -> Resu
 }
 
 /// Writes several events with one multi-row `INSERT` (one per 2,000
-/// events), and returns their ids in order.
+/// events or 1 MiB), and returns their ids in order. Locks their keys
+/// first, as [`enqueue`] does.
 ///
 /// Takes anything that iterates over events: `&[OrderPlaced]`,
 /// `[&a, &b]`, `&[&dyn OutboxEvent]`, `Vec<Box<dyn OutboxEvent>>` or
@@ -100,21 +126,109 @@ where
 }
 
 /// Writes records built beforehand (with [`NewRecord::from_event`], a
-/// delay, extra headers) with one multi-row `INSERT` per 2,000 records.
+/// delay, extra headers) with one multi-row `INSERT` per 2,000 records or
+/// 1 MiB, after locking their keys as [`enqueue`] does.
 pub async fn enqueue_records(
     db: &impl ConnectionTrait,
     records: &[NewRecord],
 ) -> Result<(), Error> {
+    write(db, records, TimeDelta::zero()).await
+}
+
+/// [`enqueue_records`] with the store's clock `offset` (tests move it).
+pub(crate) async fn write(
+    db: &impl ConnectionTrait,
+    records: &[NewRecord],
+    offset: TimeDelta,
+) -> Result<(), Error> {
     for record in records {
         check(record)?;
     }
-    for chunk in records.chunks(ROWS_PER_INSERT) {
-        let insert = insert_statement(chunk)?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let backend = db.get_database_backend();
+    let now = Utc::now();
+    // When each record becomes available, on the database's clock: its
+    // delay (if any) counted from the insert.
+    let available = |record: &NewRecord| {
+        let delay = (record.available_at - now).max(TimeDelta::zero());
+        clock::after(backend, delay + offset)
+    };
+    // Lock each key first (sorted, so writers lock keys in one order).
+    let mut heads: Vec<(&str, &NewRecord)> = Vec::new();
+    for record in records {
+        if let Some(key) = record.key.as_deref()
+            && !heads.iter().any(|(k, _)| *k == key)
+        {
+            heads.push((key, record));
+        }
+    }
+    heads.sort_by_key(|(key, _)| *key);
+    for chunk in heads.chunks(ROWS_PER_INSERT) {
+        let upsert = keys::upsert(
+            backend,
+            chunk
+                .iter()
+                .map(|(key, record)| ((*key).to_owned(), available(record))),
+        );
+        if let Err(error) = db.execute(&upsert).await {
+            return Err(fail(db, "lock the events' keys in outbox_keys", error).await);
+        }
+    }
+    for chunk in chunks(records) {
+        let insert = insert_statement(chunk, &available)?;
         if let Err(error) = db.execute(&insert).await {
-            return Err(fail(db, "write events to the outbox", error).await);
+            let error = fail(db, "write events to the outbox", error).await;
+            return Err(too_large(chunk, error));
         }
     }
     Ok(())
+}
+
+/// Splits records into runs of at most [`ROWS_PER_INSERT`] rows and
+/// [`BYTES_PER_INSERT`] bytes (a larger record is a run of its own).
+fn chunks(records: &[NewRecord]) -> Vec<&[NewRecord]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, record) in records.iter().enumerate() {
+        let size = size(record);
+        if i > start && (i - start == ROWS_PER_INSERT || bytes + size > BYTES_PER_INSERT) {
+            chunks.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    chunks.push(&records[start..]);
+    chunks
+}
+
+fn size(record: &NewRecord) -> usize {
+    record.payload.len()
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// Says so when a lone event larger than [`BYTES_PER_INSERT`] is refused
+/// for good (MySQL/MariaDB's `max_allowed_packet`): retrying cannot help.
+fn too_large(chunk: &[NewRecord], error: Error) -> Error {
+    match chunk {
+        [record] if size(record) > BYTES_PER_INSERT && !error.is_retriable() => {
+            Error::InvalidEvent {
+                event_type: record.event_type.clone(),
+                reason: format!(
+                    "the database refused the event of {} bytes ({}); make the event smaller, \
+                     or raise the server's limit (max_allowed_packet on MySQL/MariaDB)",
+                    size(record),
+                    outbox_core::error_chain(&error),
+                ),
+            }
+        }
+        _ => error,
+    }
 }
 
 /// Rejects a record that would not fit its columns, before the insert.
@@ -128,6 +242,15 @@ fn check(record: &NewRecord) -> Result<(), Error> {
             ),
         })
     };
+    if record.key.as_deref() == Some("") {
+        return Err(Error::InvalidEvent {
+            event_type: record.event_type.clone(),
+            reason: "its key is empty; Kafka's default partitioner spreads empty keys over \
+                     random partitions, so an empty key orders nothing: give the event a key, \
+                     or none (key = None) for an unordered event"
+                .to_owned(),
+        });
+    }
     let checks = [
         too_long("topic", &record.topic, MAX_TOPIC),
         record
@@ -152,7 +275,10 @@ fn check(record: &NewRecord) -> Result<(), Error> {
     Ok(())
 }
 
-fn insert_statement(records: &[NewRecord]) -> Result<sea_orm::sea_query::InsertStatement, Error> {
+fn insert_statement(
+    records: &[NewRecord],
+    available: &dyn Fn(&NewRecord) -> SimpleExpr,
+) -> Result<sea_orm::sea_query::InsertStatement, Error> {
     let columns = [
         Column::EventId,
         Column::Topic,
@@ -184,7 +310,7 @@ fn insert_statement(records: &[NewRecord]) -> Result<sea_orm::sea_query::InsertS
             headers.into(),
             Status::Pending.as_str().into(),
             0_i32.into(),
-            record.available_at.into(),
+            available(record),
             record.created_at.into(),
             now.into(),
         ];

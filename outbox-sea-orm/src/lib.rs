@@ -68,9 +68,11 @@
 //! serialize such writers (lock the business row first, as an update of it
 //! does) when their order matters.
 
+mod clock;
 mod enqueue;
 pub mod entity;
 mod error;
+mod keys;
 mod sql;
 mod store;
 
@@ -78,4 +80,4 @@ pub use enqueue::{AsEvent, enqueue, enqueue_all, enqueue_records, marker};
 pub use error::{DbError, Error};
 pub use store::SeaOrmStore;
 #[doc(hidden)]
-pub use store::claim_statement;
+pub use store::claim_statements;

@@ -4,8 +4,8 @@
 
 use sea_orm::{DbBackend, Statement, Value};
 
-/// Renders `template` for `backend`. A marker is `:` followed by a
-/// lowercase name; `:name` may appear several times and is bound each
+/// Renders `template` for `backend`. A marker is `:` followed by a name
+/// of lowercase letters, digits and `_`; `:name` may appear several times and is bound each
 /// time. A marker that names a list (`:ids` bound to several values)
 /// expands to a comma-separated list of placeholders.
 pub(crate) fn render(backend: DbBackend, template: &str, params: &[(&str, Param)]) -> Statement {
@@ -16,7 +16,7 @@ pub(crate) fn render(backend: DbBackend, template: &str, params: &[(&str, Param)
         sql.push_str(&rest[..at]);
         let after = &rest[at + 1..];
         let len = after
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
             .unwrap_or(after.len());
         let name = &after[..len];
         let param = params

@@ -7,7 +7,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use common::{Backend, TestDb};
 use outbox_core::{ClaimRequest, OutboxEvent, OutboxStore};
 use outbox_sea_orm::{Error, SeaOrmStore, enqueue};
@@ -155,7 +154,7 @@ async fn a_missing_table_names_the_database_and_the_migration(db: TestDb) {
         owner: "relay".to_owned(),
         limit: 10,
         lease: Duration::from_secs(30),
-        now: Utc::now(),
+        dead_holds_key: true,
     };
     let error = store.claim(&request).await.unwrap_err();
     assert!(!error.is_retriable());

@@ -1,6 +1,7 @@
-//! A claim running while another claimer holds row locks (between its
-//! `SELECT ... FOR UPDATE SKIP LOCKED` and its commit) must not overtake
-//! the locked record within its key.
+//! A claim running while another transaction holds a key (a claimer
+//! between its `SELECT ... FOR UPDATE SKIP LOCKED` and its commit, or a
+//! writer enqueueing for the key) passes over that key, and takes it once
+//! it is free.
 
 #![cfg(all(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 
@@ -8,7 +9,6 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use common::{Backend, TestDb};
 use outbox_core::testkit::record;
 use outbox_core::{ClaimRequest, OutboxStore};
@@ -52,13 +52,13 @@ async fn locked_record_holds_back_its_key(db: TestDb) {
         rows.iter().map(|r| r.try_get("", "id").unwrap()).collect()
     };
 
-    // Another claimer has locked k's first record and not committed yet:
-    // the claim below skips it, and its NOT EXISTS still sees it unleased.
+    // Another transaction holds k and has not committed yet: the claim
+    // below passes over k, without waiting for it.
     let other = db.db.begin().await.unwrap();
     other
         .execute_raw(Statement::from_string(
             db.db_backend(),
-            format!("SELECT id FROM outbox WHERE id = {} FOR UPDATE", ids[0]),
+            "SELECT partition_key FROM outbox_keys WHERE partition_key = 'k' FOR UPDATE",
         ))
         .await
         .unwrap();
@@ -67,7 +67,7 @@ async fn locked_record_holds_back_its_key(db: TestDb) {
         owner: "b".to_owned(),
         limit: 10,
         lease: Duration::from_secs(30),
-        now: Utc::now() + chrono::TimeDelta::seconds(1),
+        dead_holds_key: true,
     };
     let claimed = store.claim(&request).await.unwrap();
     let claimed_ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();

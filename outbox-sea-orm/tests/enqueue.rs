@@ -82,7 +82,7 @@ fn claim_all(owner: &str) -> ClaimRequest {
         owner: owner.to_owned(),
         limit: 1_000,
         lease: Duration::from_secs(30),
-        now: Utc::now() + chrono::TimeDelta::seconds(1),
+        dead_holds_key: true,
     }
 }
 

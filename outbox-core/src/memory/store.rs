@@ -1,17 +1,22 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::StoreError;
 use crate::record::{NewRecord, OutboxRecord, Status};
-use crate::store::{ClaimRequest, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, Retry};
+use crate::store::{ClaimRequest, OutboxAdmin, OutboxStats, OutboxStore, Settlement};
 
 /// An [`OutboxStore`] and [`OutboxAdmin`] in memory, for tests of code that
 /// writes events or runs a relay. It keeps the same contract as the SQL
 /// stores (it passes the same conformance suite), but nothing survives the
 /// process. Clones share the same records.
+///
+/// Its clock is the system clock, moved forward by
+/// [`advance_clock`](InMemoryStore::advance_clock) in tests of leases and
+/// backoff.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryStore {
     state: Arc<Mutex<State>>,
@@ -21,6 +26,14 @@ pub struct InMemoryStore {
 struct State {
     next_id: i64,
     rows: BTreeMap<i64, Row>,
+    /// How far the store's clock runs ahead of the system clock.
+    offset: TimeDelta,
+}
+
+impl State {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.offset
+    }
 }
 
 #[derive(Debug)]
@@ -29,6 +42,8 @@ struct Row {
     locked_by: Option<String>,
     locked_until: Option<DateTime<Utc>>,
     published_at: Option<DateTime<Utc>>,
+    /// A dead record that holds its key.
+    holds_key: bool,
 }
 
 impl Row {
@@ -44,6 +59,13 @@ impl Row {
         self.locked_by = None;
         self.locked_until = None;
     }
+}
+
+fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delay| now.checked_add_signed(delay))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl InMemoryStore {
@@ -71,29 +93,15 @@ impl InMemoryStore {
             .collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Moves the store's clock forward by `by`: leases run out, backoffs
+    /// end and delayed records come due as if that much time had passed.
+    pub fn advance_clock(&self, by: Duration) {
+        let mut state = self.lock();
+        state.offset += TimeDelta::from_std(by).unwrap_or(TimeDelta::MAX);
     }
 
-    fn update_leased<T>(
-        &self,
-        owner: &str,
-        items: &[T],
-        id: impl Fn(&T) -> i64,
-        mut change: impl FnMut(&mut Row, &T),
-    ) -> u64 {
-        let mut state = self.lock();
-        let mut changed = 0;
-        for item in items {
-            if let Some(row) = state.rows.get_mut(&id(item))
-                && row.leased_to(owner)
-            {
-                change(row, item);
-                row.unlock();
-                changed += 1;
-            }
-        }
-        changed
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -109,6 +117,7 @@ impl OutboxStore for InMemoryStore {
                 locked_by: None,
                 locked_until: None,
                 published_at: None,
+                holds_key: false,
             };
             state.rows.insert(id, row);
         }
@@ -116,21 +125,29 @@ impl OutboxStore for InMemoryStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError> {
-        let now = request.now;
-        let until = request.lease_until();
         let mut state = self.lock();
-        // Keys with an earlier pending record that this claim does not take.
+        let now = state.now();
+        let until = after(now, request.lease);
+        // Keys with an earlier record that this claim does not take: pending
+        // and not claimable, or dead and holding the key.
         let mut blocked_keys: HashSet<String> = HashSet::new();
         let mut claimed = Vec::new();
         for row in state.rows.values_mut() {
             if claimed.len() >= request.limit {
                 break;
             }
-            if row.record.status != Status::Pending {
-                continue;
+            let key = row.record.key.as_ref();
+            match row.record.status {
+                Status::Pending => {}
+                Status::Dead if row.holds_key => {
+                    if let Some(key) = key {
+                        blocked_keys.insert(key.clone());
+                    }
+                    continue;
+                }
+                _ => continue,
             }
             let ready = row.record.available_at <= now && !row.lease_active(now);
-            let key = row.record.key.as_ref();
             if ready && !key.is_some_and(|key| blocked_keys.contains(key)) {
                 row.locked_by = Some(request.owner.clone());
                 row.locked_until = Some(until);
@@ -142,47 +159,44 @@ impl OutboxStore for InMemoryStore {
         Ok(claimed)
     }
 
-    async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
-        let now = Utc::now();
-        Ok(self.update_leased(
-            owner,
-            ids,
-            |id| *id,
-            |row, _| {
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let now = state.now();
+        let mut changed = 0;
+        let mut leased = |id: i64, change: &mut dyn FnMut(&mut Row)| {
+            if let Some(row) = state.rows.get_mut(&id)
+                && row.leased_to(owner)
+            {
+                change(row);
+                row.unlock();
+                changed += 1;
+            }
+        };
+        for &id in &settlement.published {
+            leased(id, &mut |row| {
                 row.record.status = Status::Published;
                 row.published_at = Some(now);
-            },
-        ))
-    }
-
-    async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError> {
-        Ok(self.update_leased(
-            owner,
-            retries,
-            |retry| retry.id,
-            |row, retry| {
+            });
+        }
+        for retry in &settlement.retries {
+            leased(retry.id, &mut |row| {
                 row.record.attempts += 1;
                 row.record.last_error = Some(retry.error.clone());
-                row.record.available_at = retry.retry_at;
-            },
-        ))
-    }
-
-    async fn mark_dead(&self, owner: &str, dead: &[DeadLetter]) -> Result<u64, StoreError> {
-        Ok(self.update_leased(
-            owner,
-            dead,
-            |dead| dead.id,
-            |row, dead| {
+                row.record.available_at = after(now, retry.delay);
+            });
+        }
+        for dead in &settlement.dead {
+            leased(dead.id, &mut |row| {
                 row.record.attempts += 1;
                 row.record.last_error = Some(dead.error.clone());
                 row.record.status = Status::Dead;
-            },
-        ))
-    }
-
-    async fn release(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
-        Ok(self.update_leased(owner, ids, |id| *id, |_, _| {}))
+                row.holds_key = dead.holds_key && row.record.key.is_some();
+            });
+        }
+        for &id in &settlement.released {
+            leased(id, &mut |_| {});
+        }
+        Ok(changed)
     }
 }
 
@@ -206,19 +220,20 @@ impl OutboxAdmin for InMemoryStore {
 
     async fn requeue(&self, id: i64) -> Result<bool, StoreError> {
         let mut state = self.lock();
+        let now = state.now();
         let Some(row) = state.rows.get_mut(&id) else {
             return Ok(false);
         };
         if row.record.status != Status::Dead {
             return Ok(false);
         }
-        requeue_row(row, Utc::now());
+        requeue_row(row, now);
         Ok(true)
     }
 
     async fn requeue_all(&self) -> Result<u64, StoreError> {
-        let now = Utc::now();
         let mut state = self.lock();
+        let now = state.now();
         let mut count = 0;
         for row in state.rows.values_mut() {
             if row.record.status == Status::Dead {
@@ -227,6 +242,21 @@ impl OutboxAdmin for InMemoryStore {
             }
         }
         Ok(count)
+    }
+
+    async fn discard(&self, id: i64) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = state.now();
+        let Some(row) = state.rows.get_mut(&id) else {
+            return Ok(false);
+        };
+        if row.record.status != Status::Dead || !row.holds_key {
+            return Ok(false);
+        }
+        row.holds_key = false;
+        let error = row.record.last_error.take().unwrap_or_default();
+        row.record.last_error = Some(format!("discarded at {now}: {error}"));
+        Ok(true)
     }
 
     async fn purge_published(
@@ -291,5 +321,6 @@ fn requeue_row(row: &mut Row, now: DateTime<Utc>) {
     row.record.status = Status::Pending;
     row.record.attempts = 0;
     row.record.available_at = now;
+    row.holds_key = false;
     row.unlock();
 }

@@ -5,11 +5,29 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{Relay, RelayStatus};
-use crate::retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryPolicy};
+use crate::clock::{Clock, SystemClock};
+use crate::retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
 use crate::{Error, OutboxStore, Sink};
 
 /// The longest lease [`RelayBuilder::lease`] accepts.
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest relay id: its claim tokens (`<id>#<n>`) fit `locked_by`
+/// (255 characters).
+const MAX_RELAY_ID: usize = 200;
+
+/// What a dead record does to the later records of its key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeadKeyPolicy {
+    /// The dead record holds its key: later records wait until an operator
+    /// requeues it (it is then published first) or discards it. Per-key
+    /// order is kept. The default.
+    #[default]
+    Hold,
+    /// Later records of the key flow past the dead record; a requeued dead
+    /// record then arrives after them.
+    Skip,
+}
 
 /// Configures a [`Relay`]; made by [`Relay::builder`], checked by
 /// [`build`](RelayBuilder::build).
@@ -20,9 +38,11 @@ pub struct RelayBuilder<St, Si> {
     batch_size: usize,
     poll_interval: Duration,
     lease: Duration,
-    max_attempts: u32,
+    max_attempts: Option<u32>,
     retry_policy: Option<Box<dyn RetryPolicy>>,
     backoff: Box<dyn Backoff>,
+    dead_key_policy: DeadKeyPolicy,
+    clock: Box<dyn Clock>,
 }
 
 impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
@@ -34,9 +54,11 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             batch_size: 100,
             poll_interval: Duration::from_millis(500),
             lease: Duration::from_secs(30),
-            max_attempts: MaxAttempts::default().max(),
+            max_attempts: None,
             retry_policy: None,
             backoff: Box::new(ExponentialBackoff::default()),
+            dead_key_policy: DeadKeyPolicy::default(),
+            clock: Box::new(SystemClock),
         }
     }
 
@@ -73,20 +95,41 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         self
     }
 
-    /// Failed attempts after which a record goes to dead letters: the
-    /// default [`MaxAttempts`] policy. Default: 10. At least 1. Ignored when
+    /// A limit on retriable failures: after `max_attempts` failed attempts
+    /// a record goes to dead letters (the [`MaxAttempts`] policy). Default:
+    /// none ([`RetryForever`]): a retriable failure never makes a record
+    /// dead, however long an outage lasts. At least 1. Ignored when
     /// [`retry_policy`](Self::retry_policy) is set.
     #[must_use]
     pub fn max_attempts(mut self, max_attempts: u32) -> Self {
-        self.max_attempts = max_attempts;
+        self.max_attempts = Some(max_attempts);
         self
     }
 
     /// Decides whether a retriable failure is retried. Default:
-    /// [`MaxAttempts`] with [`max_attempts`](Self::max_attempts).
+    /// [`RetryForever`], or [`MaxAttempts`] when
+    /// [`max_attempts`](Self::max_attempts) is set.
     #[must_use]
     pub fn retry_policy(mut self, policy: impl RetryPolicy + 'static) -> Self {
         self.retry_policy = Some(Box::new(policy));
+        self
+    }
+
+    /// What a dead record does to the later records of its key. Default:
+    /// [`DeadKeyPolicy::Hold`].
+    #[must_use]
+    pub fn dead_key_policy(mut self, policy: DeadKeyPolicy) -> Self {
+        self.dead_key_policy = policy;
+        self
+    }
+
+    /// The clock of the relay's own reports: [`RelayStatus`] times and the
+    /// publish-lag histogram. Leases, availability and backoff never use
+    /// it: they follow the store's clock (the database's). Default: the
+    /// system clock.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Box::new(clock);
         self
     }
 
@@ -107,6 +150,13 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         if relay_id.trim().is_empty() {
             return Err(Error::Config("relay id must not be empty".into()));
         }
+        if relay_id.chars().count() > MAX_RELAY_ID {
+            return Err(Error::Config(format!(
+                "relay id must be at most {MAX_RELAY_ID} characters (got {}): its claim \
+                 tokens are stored in the outbox's locked_by column",
+                relay_id.chars().count()
+            )));
+        }
         if self.batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
@@ -122,9 +172,10 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
                 self.lease
             )));
         }
-        let retry_policy = match self.retry_policy {
-            Some(policy) => policy,
-            None => Box::new(MaxAttempts::new(self.max_attempts)?),
+        let retry_policy: Box<dyn RetryPolicy> = match (self.retry_policy, self.max_attempts) {
+            (Some(policy), _) => policy,
+            (None, Some(max)) => Box::new(MaxAttempts::new(max)?),
+            (None, None) => Box::new(RetryForever),
         };
         Ok(Relay {
             store: self.store,
@@ -136,6 +187,9 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             lease: self.lease,
             retry_policy,
             backoff: self.backoff,
+            dead_key_policy: self.dead_key_policy,
+            clock: self.clock,
+            claims: Default::default(),
         })
     }
 }
@@ -150,6 +204,8 @@ impl<St, Si> fmt::Debug for RelayBuilder<St, Si> {
             .field("max_attempts", &self.max_attempts)
             .field("retry_policy", &self.retry_policy)
             .field("backoff", &self.backoff)
+            .field("dead_key_policy", &self.dead_key_policy)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }

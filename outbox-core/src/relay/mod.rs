@@ -2,32 +2,44 @@
 
 mod builder;
 mod report;
+mod tracker;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::Utc;
 use tracing::{Instrument, field};
 
-pub use builder::RelayBuilder;
+pub use builder::{DeadKeyPolicy, RelayBuilder};
 pub use report::{RelayStatus, RunReport};
 
-use crate::retry::{Backoff, RetryPolicy};
+use self::tracker::Tracker;
+use crate::clock::Clock;
+use crate::retry::{Backoff, ExponentialBackoff, RetryPolicy};
 use crate::sink::error_chain;
-use crate::store::{ClaimRequest, DeadLetter, Retry};
+use crate::store::{ClaimRequest, DeadLetter, Retry, Settlement};
 use crate::{Error, OutboxRecord, OutboxStore, Outcome, Sink};
+
+/// How often, at most, a batch in flight settles the records whose outcome
+/// is known: delivered records are marked published this soon after their
+/// acknowledgement, whatever the slowest record of the batch does.
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest pause after consecutive failed batches (the poll interval
+/// doubles from one failure to the next, with jitter, up to this).
+const MAX_ERROR_PAUSE: Duration = Duration::from_secs(30);
 
 /// Moves committed records from an [`OutboxStore`] to a [`Sink`].
 ///
-/// Each batch: claim up to `batch_size` records under a lease, publish them,
-/// then mark the delivered ones published, schedule retriable failures for
-/// another attempt after a backoff (or move them to dead letters once the
-/// [`RetryPolicy`] gives up), move permanent failures to dead letters, and
-/// release records held back behind a failed record of their key. Any
-/// number of relays can share one store.
+/// Each batch: claim up to `batch_size` records under a lease (with a token
+/// of its own), publish them, and settle each record as soon as its outcome
+/// is known: delivered records are marked published; the first failure of
+/// a key is retried after a backoff or, when permanent (or past a limit set
+/// with [`RelayBuilder::max_attempts`]), moved to dead letters, where by
+/// default it holds its key ([`DeadKeyPolicy`]); the records held back
+/// behind it are released. Any number of relays can share one store.
 pub struct Relay<St, Si> {
     store: St,
     sink: Si,
@@ -37,16 +49,10 @@ pub struct Relay<St, Si> {
     lease: Duration,
     retry_policy: Box<dyn RetryPolicy>,
     backoff: Box<dyn Backoff>,
+    dead_key_policy: DeadKeyPolicy,
+    clock: Box<dyn Clock>,
+    claims: AtomicU64,
     status: Mutex<RelayStatus>,
-}
-
-/// What to do with each record of a published batch.
-#[derive(Debug, Default)]
-struct Settlement {
-    published: Vec<i64>,
-    retries: Vec<Retry>,
-    dead: Vec<DeadLetter>,
-    released: Vec<i64>,
 }
 
 impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
@@ -56,7 +62,8 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         RelayBuilder::new(store, sink)
     }
 
-    /// The id this relay writes to the records it leases.
+    /// The id this relay's claim tokens start with (`<id>#<n>` in
+    /// `locked_by`).
     pub fn relay_id(&self) -> &str {
         &self.relay_id
     }
@@ -71,7 +78,7 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         &self.sink
     }
 
-    /// What the relay has done so far.
+    /// What the relay has done so far, and how its last batches went.
     pub fn status(&self) -> RelayStatus {
         self.lock_status().clone()
     }
@@ -79,66 +86,85 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
     /// Claims, publishes and settles one batch.
     ///
     /// Returns an empty report when nothing is claimable. A store error is
-    /// returned as is; records claimed before it stay leased until the
-    /// lease runs out, then another attempt publishes them again (delivery
-    /// is at least once).
+    /// returned as is; records claimed and not settled before it stay
+    /// leased until the lease runs out, then another attempt publishes them
+    /// again (delivery is at least once).
     pub async fn run_once(&self) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
         let result = self.batch().await;
         record_metrics(&result, started.elapsed());
+        let now = self.clock.now();
         let mut status = self.lock_status();
-        status.last_run_at = Some(Utc::now());
+        status.last_run_at = Some(now);
         match &result {
             Ok(report) => {
                 status.totals += *report;
                 status.last_error = None;
+                status.last_success_at = Some(now);
+                status.consecutive_failures = 0;
             }
-            Err(error) => status.last_error = Some(error_chain(error)),
+            Err(error) => {
+                status.last_error = Some(error_chain(error));
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            }
         }
         result
     }
 
-    /// Runs batches until `shutdown` resolves.
+    /// Runs batches until `shutdown` resolves; returns only then.
     ///
     /// While batches come back non-empty the next one starts at once;
-    /// otherwise the relay sleeps `poll_interval`. A retriable store error
-    /// is logged and retried after `poll_interval`; any other error ends
-    /// the loop and is returned. On shutdown, the batch in progress is
-    /// finished (published and marked) and no new one is claimed, so the
-    /// relay holds no lease when this returns.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    /// otherwise the relay sleeps `poll_interval`. No error stops it: a
+    /// failed batch (the database or the sink down, a statement refused) is
+    /// logged, counted in [`RelayStatus::consecutive_failures`], and tried
+    /// again after a pause that doubles with each failure in a row, with
+    /// jitter, from the poll interval up to 30 s. On shutdown, the batch in
+    /// progress is finished (published and settled) and no new one is
+    /// claimed, so the relay holds no lease when this returns.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
+        let error_backoff =
+            ExponentialBackoff::new(self.poll_interval, MAX_ERROR_PAUSE.max(self.poll_interval))
+                .expect("the poll interval is checked to be positive by the builder");
         self.lock_status().running = true;
-        let result = loop {
+        loop {
             let pause = match self.run_once().await {
                 Ok(report) if report.claimed > 0 => Duration::ZERO,
                 Ok(_) => self.poll_interval,
-                Err(error) if error.is_retriable() => {
+                Err(error) => {
+                    let failures = self.lock_status().consecutive_failures;
+                    let pause = error_backoff.delay(failures);
                     tracing::warn!(
                         relay = %self.relay_id,
                         error = %error_chain(&error),
-                        "outbox relay batch failed; retrying after the poll interval"
+                        retriable = error.is_retriable(),
+                        consecutive_failures = failures,
+                        pause_ms = pause.as_millis() as u64,
+                        "outbox relay batch failed; trying again after a pause"
                     );
-                    self.poll_interval
+                    pause
                 }
-                Err(error) => break Err(error),
             };
             tokio::select! {
                 biased;
-                () = &mut shutdown => break Ok(()),
+                () = &mut shutdown => break,
                 () = tokio::time::sleep(pause) => {}
             }
-        };
+        }
         self.lock_status().running = false;
-        result
     }
 
     async fn batch(&self) -> Result<RunReport, Error> {
+        let token = format!(
+            "{}#{}",
+            self.relay_id,
+            self.claims.fetch_add(1, Ordering::Relaxed) + 1
+        );
         let request = ClaimRequest {
-            owner: self.relay_id.clone(),
+            owner: token,
             limit: self.batch_size,
             lease: self.lease,
-            now: Utc::now(),
+            dead_holds_key: self.dead_key_policy == DeadKeyPolicy::Hold,
         };
         let span = tracing::debug_span!(
             "outbox.claim",
@@ -158,55 +184,92 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
             records = records.len(),
             delivered = field::Empty
         );
-        let outcomes = self.sink.publish(&records).instrument(span.clone()).await;
-        span.record(
-            "delivered",
-            outcomes.iter().filter(|o| o.is_delivered()).count(),
-        );
-        if outcomes.len() != records.len() {
-            let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
-            self.store.release(&self.relay_id, &ids).await?;
-            return Err(Error::Config(format!(
-                "the sink returned {} outcomes for {} records; a Sink must return one \
-                 outcome per record (the batch was released)",
-                outcomes.len(),
-                records.len()
-            )));
-        }
-
-        let settlement = self.settle(&records, outcomes);
-
-        let report = RunReport {
-            claimed: records.len(),
-            published: settlement.published.len(),
-            retried: settlement.retries.len(),
-            dead: settlement.dead.len(),
-            released: settlement.released.len(),
+        let tracker = Mutex::new(Tracker::new(&records));
+        let report = |index: usize, outcome: Outcome| {
+            let mut tracker = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            if !tracker.report(index, outcome) {
+                tracing::warn!(
+                    relay = %self.relay_id,
+                    index,
+                    "the sink reported an outcome twice, or for no record of the batch; \
+                     ignored (a Sink reports exactly one outcome per record)"
+                );
+            }
         };
-        let span = tracing::debug_span!(
-            "outbox.mark",
-            relay = %self.relay_id,
-            published = report.published,
-            retried = report.retried,
-            dead = report.dead,
-            released = report.released
-        );
-        self.apply(settlement).instrument(span).await?;
-        Ok(report)
+        let publish = self
+            .sink
+            .publish_each(&records, &report)
+            .instrument(span.clone());
+        let mut publish = std::pin::pin!(publish);
+        let mut totals = RunReport {
+            claimed: records.len(),
+            ..RunReport::default()
+        };
+        // Settle what is known every SETTLE_EVERY while the sink works, then
+        // the rest once it is done. A settlement that fails is carried to
+        // the next turn; its records stay leased meanwhile.
+        let mut carried = Settlement::default();
+        let result = loop {
+            let done = tokio::select! {
+                () = &mut publish => true,
+                () = tokio::time::sleep(SETTLE_EVERY) => false,
+            };
+            let ready = {
+                let mut tracker = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                if done {
+                    let missing = tracker.report_missing();
+                    if missing > 0 {
+                        tracing::error!(
+                            relay = %self.relay_id,
+                            missing,
+                            "the sink returned without an outcome for every record; those \
+                             records are released (a Sink reports exactly one outcome per record)"
+                        );
+                    }
+                }
+                tracker.take_settled()
+            };
+            let mut settlement = std::mem::take(&mut carried);
+            merge(&mut settlement, self.settlement(&records, ready));
+            let mut failed = None;
+            if !settlement.is_empty() {
+                match self.apply(&request.owner, &settlement).await {
+                    Ok(()) => totals += report_of(&settlement),
+                    Err(error) => {
+                        carried = settlement;
+                        failed = Some(error);
+                    }
+                }
+            }
+            match failed {
+                Some(error) if done => break Err(error),
+                None if done => break Ok(totals),
+                Some(error) => tracing::warn!(
+                    relay = %self.relay_id,
+                    error = %error_chain(&error),
+                    "settling part of a batch failed; trying again shortly"
+                ),
+                None => {}
+            }
+        };
+        span.record("delivered", totals.published);
+        result
     }
 
-    fn settle(&self, records: &[OutboxRecord], outcomes: Vec<Outcome>) -> Settlement {
-        let now = Utc::now();
+    /// What to do with records whose outcome is known.
+    fn settlement(&self, records: &[OutboxRecord], ready: Vec<tracker::Ready>) -> Settlement {
+        let now = self.clock.now();
         let mut settlement = Settlement::default();
-        let mut failed_keys: HashSet<&str> = HashSet::new();
-        for (record, outcome) in records.iter().zip(outcomes) {
-            let held_back = record
-                .key
-                .as_deref()
-                .is_some_and(|key| failed_keys.contains(key));
+        for tracker::Ready {
+            index,
+            outcome,
+            behind,
+        } in ready
+        {
+            let record = &records[index];
             let (error, permanent) = match outcome {
                 Outcome::Delivered => {
-                    if held_back {
+                    if behind {
                         tracing::warn!(
                             relay = %self.relay_id,
                             id = record.id,
@@ -223,65 +286,52 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                 Outcome::Retriable(error) => (error, false),
                 Outcome::Permanent(error) => (error, true),
             };
-            if held_back {
+            if behind {
                 // Behind a failed record of its key: not an attempt of its own.
                 settlement.released.push(record.id);
                 continue;
             }
-            if let Some(key) = record.key.as_deref() {
-                failed_keys.insert(key);
-            }
             let attempts = record.attempts.saturating_add(1);
             let message = error_chain(&*error);
+            let holds_key = self.dead_key_policy == DeadKeyPolicy::Hold;
             if permanent {
                 settlement.dead.push(DeadLetter {
                     id: record.id,
                     error: message,
+                    holds_key,
                 });
             } else if self.retry_policy.should_retry(attempts, &*error) {
-                let delay = chrono::Duration::from_std(self.backoff.delay(attempts))
-                    .unwrap_or(chrono::Duration::MAX);
                 settlement.retries.push(Retry {
                     id: record.id,
                     error: message,
-                    retry_at: now + delay,
+                    delay: self.backoff.delay(attempts),
                 });
             } else {
                 settlement.dead.push(DeadLetter {
                     id: record.id,
                     error: format!("gave up after {attempts} attempts: {message}"),
+                    holds_key,
                 });
             }
         }
         settlement
     }
 
-    async fn apply(&self, settlement: Settlement) -> Result<(), Error> {
-        let owner = self.relay_id.as_str();
-        let mut expected = 0;
-        let mut changed = 0;
-        if !settlement.published.is_empty() {
-            expected += settlement.published.len();
-            changed += self
-                .store
-                .mark_published(owner, &settlement.published)
-                .await?;
-        }
-        if !settlement.retries.is_empty() {
-            expected += settlement.retries.len();
-            changed += self
-                .store
-                .schedule_retry(owner, &settlement.retries)
-                .await?;
-        }
-        if !settlement.dead.is_empty() {
-            expected += settlement.dead.len();
-            changed += self.store.mark_dead(owner, &settlement.dead).await?;
-        }
-        if !settlement.released.is_empty() {
-            expected += settlement.released.len();
-            changed += self.store.release(owner, &settlement.released).await?;
-        }
+    async fn apply(&self, owner: &str, settlement: &Settlement) -> Result<(), Error> {
+        let span = tracing::debug_span!(
+            "outbox.mark",
+            relay = %self.relay_id,
+            published = settlement.published.len(),
+            retried = settlement.retries.len(),
+            dead = settlement.dead.len(),
+            released = settlement.released.len()
+        );
+        let expected = settlement.len();
+        let changed = self
+            .store
+            .settle(owner, settlement)
+            .instrument(span)
+            .await?;
         if changed < expected as u64 {
             tracing::warn!(
                 relay = %self.relay_id,
@@ -297,6 +347,23 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
     fn lock_status(&self) -> std::sync::MutexGuard<'_, RelayStatus> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn report_of(settlement: &Settlement) -> RunReport {
+    RunReport {
+        claimed: 0,
+        published: settlement.published.len(),
+        retried: settlement.retries.len(),
+        dead: settlement.dead.len(),
+        released: settlement.released.len(),
+    }
+}
+
+fn merge(into: &mut Settlement, more: Settlement) {
+    into.published.extend(more.published);
+    into.retries.extend(more.retries);
+    into.dead.extend(more.dead);
+    into.released.extend(more.released);
 }
 
 /// Reports a batch through the `metrics` facade (a no-op unless the
@@ -326,6 +393,7 @@ impl<St, Si> fmt::Debug for Relay<St, Si> {
             .field("lease", &self.lease)
             .field("retry_policy", &self.retry_policy)
             .field("backoff", &self.backoff)
+            .field("dead_key_policy", &self.dead_key_policy)
             .finish_non_exhaustive()
     }
 }

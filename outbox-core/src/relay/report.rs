@@ -38,6 +38,11 @@ pub struct RelayStatus {
     pub running: bool,
     /// When the last batch ended, successfully or not.
     pub last_run_at: Option<DateTime<Utc>>,
+    /// When the last batch (or empty poll) succeeded.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Batches that failed in a row since the last success (0 when the last
+    /// one succeeded).
+    pub consecutive_failures: u32,
     /// The error of the last batch, cleared by a successful one.
     pub last_error: Option<String>,
     /// Totals since the relay was built.
@@ -50,6 +55,8 @@ impl RelayStatus {
             relay_id,
             running: false,
             last_run_at: None,
+            last_success_at: None,
+            consecutive_failures: 0,
             last_error: None,
             totals: RunReport::default(),
         }

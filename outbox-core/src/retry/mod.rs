@@ -5,4 +5,4 @@ mod backoff;
 mod policy;
 
 pub use backoff::{Backoff, ExponentialBackoff};
-pub use policy::{MaxAttempts, RetryPolicy};
+pub use policy::{MaxAttempts, RetryForever, RetryPolicy};

@@ -14,7 +14,21 @@ pub trait RetryPolicy: Debug + Send + Sync {
     fn should_retry(&self, attempts: u32, error: &(dyn StdError + 'static)) -> bool;
 }
 
-/// Retries until a record has failed `max` times, then gives up.
+/// Retries for as long as it takes: the default. A retriable failure (a
+/// broker down, a topic not created yet) never makes a record dead, however
+/// long it lasts; the backoff keeps the attempts apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryForever;
+
+impl RetryPolicy for RetryForever {
+    fn should_retry(&self, _attempts: u32, _error: &(dyn StdError + 'static)) -> bool {
+        true
+    }
+}
+
+/// Retries until a record has failed `max` times, then gives up: a limit
+/// to set only where a dead letter is better than waiting, since an outage
+/// longer than the attempts' backoff makes records dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxAttempts {
     max: u32,
@@ -35,13 +49,6 @@ impl MaxAttempts {
     /// The number of attempts after which a record goes to dead letters.
     pub fn max(&self) -> u32 {
         self.max
-    }
-}
-
-impl Default for MaxAttempts {
-    /// 10 attempts.
-    fn default() -> Self {
-        Self { max: 10 }
     }
 }
 

@@ -26,7 +26,7 @@ fn test_record(id: i64, topic: &str, key: Option<&str>) -> outbox_core::OutboxRe
 }
 
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,13 +67,18 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 ///
 /// # Timeouts
 ///
-/// `message.timeout.ms` governs a publish: librdkafka gives up on a record
-/// (retries included) that long after it was handed over, and
-/// [`publish`](Sink::publish) never waits longer than that in total: when
-/// it runs out, every record without a delivery report is reported
-/// retriable ([`Error::DeliveryTimeout`]). Keep it below the relay's lease,
-/// so that no other relay takes over the records while they are being
-/// published. Zero (wait forever) is refused.
+/// `message.timeout.ms` bounds each record, not the batch: librdkafka gives
+/// up on a record (retries included) that long after it was handed to the
+/// producer and reports it failed, and the sink waits for that report a
+/// few seconds longer at most, then reports the record retriable
+/// ([`Error::DeliveryTimeout`]). A record that waits for room in the
+/// producer's queue (`queue.buffering.max.messages`) waits at most
+/// `message.timeout.ms` too. No record is cut off before its own time is
+/// up, so a slow record (say, to a topic that does not exist) delays only
+/// its own key, and a key with many records in a batch may take longer than
+/// `message.timeout.ms` in total (see *Per-key order*). Keep it below the
+/// relay's lease, so that no other relay takes over a record while it is
+/// being published. Zero (wait forever) is refused.
 ///
 /// # Routing and message layout
 ///
@@ -110,7 +115,11 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 ///
 /// # Outcomes
 ///
-/// [`publish`](Sink::publish) returns one [`Outcome`] per record, in order,
+/// [`publish_each`](Sink::publish_each) reports each record's [`Outcome`]
+/// as soon as it is known: when its delivery report comes, or, for the
+/// records a failure holds back, when the head of their key fails.
+/// [`publish`](Sink::publish) collects the same outcomes and returns them,
+/// one per record, in order, when the last is known. Outcomes are
 /// classified by rdkafka's error code: too large, corrupt or invalid
 /// records, invalid topics and missing authorization are
 /// [`Outcome::Permanent`]; timeouts, unreachable brokers, leader changes, a
@@ -120,9 +129,10 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 /// error inside is this crate's [`Error`]; downcast it to inspect it.
 ///
 /// When the producer hits a fatal error (librdkafka cannot keep its
-/// idempotence guarantees any more), the sink reports the batch's
-/// undelivered records retriable and replaces the producer with a new one
-/// built from the same configuration.
+/// idempotence guarantees any more), the sink reports the batch's records
+/// that fail from then on retriable ([`Error::ProducerFatal`]) and, once
+/// the batch is settled, replaces the producer with a new one built from
+/// the same configuration.
 ///
 /// Clones share the producer.
 #[derive(Clone)]
@@ -176,8 +186,9 @@ impl KafkaSink {
         &self.inner.config
     }
 
-    /// The longest a [`publish`](Sink::publish) call waits for delivery
-    /// reports: `message.timeout.ms`.
+    /// How long one record may take to be delivered, from its hand-off to
+    /// the producer: `message.timeout.ms` (see *Timeouts* above; a batch
+    /// may take longer in total).
     pub fn publish_timeout(&self) -> Duration {
         self.inner.limits.timeout
     }
@@ -261,8 +272,27 @@ fn outcome(result: RecordResult) -> Outcome {
 #[async_trait]
 impl Sink for KafkaSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        let outcomes: Mutex<Vec<Option<Outcome>>> =
+            Mutex::new(records.iter().map(|_| None).collect());
+        self.publish_each(records, &|index, outcome| {
+            outcomes.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(outcome);
+        })
+        .await;
+        outcomes
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .into_iter()
+            .map(|outcome| outcome.expect("publish_each reports every record"))
+            .collect()
+    }
+
+    async fn publish_each(
+        &self,
+        records: &[OutboxRecord],
+        report: &(dyn Fn(usize, Outcome) + Send + Sync),
+    ) {
         if records.is_empty() {
-            return Vec::new();
+            return;
         }
         let inner = &*self.inner;
         let mut producer = inner.current();
@@ -270,20 +300,25 @@ impl Sink for KafkaSink {
             // An earlier batch could not replace it; try again.
             if let Err(error) = inner.replace(&producer) {
                 let reason = error.to_string();
-                return records
-                    .iter()
-                    .map(|record| {
-                        outcome(Err(Error::ProducerUnavailable {
-                            event_id: record.event_id,
-                            reason: reason.clone(),
-                        }))
-                    })
-                    .collect();
+                for (index, record) in records.iter().enumerate() {
+                    let error = Error::ProducerUnavailable {
+                        event_id: record.event_id,
+                        reason: reason.clone(),
+                    };
+                    report(index, outcome(Err(error)));
+                }
+                return;
             }
             producer = inner.current();
         }
 
-        let mut results = publish_batch(&producer, records, &inner.routing, inner.limits).await;
+        let settle = |index: usize, result: RecordResult| {
+            report(
+                index,
+                outcome(unless_fatal(&producer, &records[index], result)),
+            );
+        };
+        publish_batch(&producer, records, &inner.routing, inner.limits, settle).await;
 
         if let Some((code, reason)) = producer.client().fatal_error() {
             tracing::warn!(
@@ -292,18 +327,6 @@ impl Sink for KafkaSink {
                 "the Kafka producer failed fatally; replacing it, and the batch's undelivered \
                  records are retried"
             );
-            for (result, record) in results.iter_mut().zip(records) {
-                if matches!(
-                    result,
-                    Err(Error::Delivery { .. } | Error::DeliveryTimeout { .. })
-                ) {
-                    *result = Err(Error::ProducerFatal {
-                        event_id: record.event_id,
-                        code,
-                        reason: reason.clone(),
-                    });
-                }
-            }
             if let Err(error) = inner.replace(&producer) {
                 tracing::error!(
                     %error,
@@ -314,7 +337,25 @@ impl Sink for KafkaSink {
         if !Arc::ptr_eq(&producer, &inner.current()) {
             dispose(producer);
         }
-        results.into_iter().map(outcome).collect()
+    }
+}
+
+/// A Kafka failure of `record` once `producer` has failed fatally is the
+/// producer's failure, not the record's: [`Error::ProducerFatal`], retried
+/// with the next producer.
+fn unless_fatal(producer: &Producer, record: &OutboxRecord, result: RecordResult) -> RecordResult {
+    match result {
+        Err(Error::Delivery { .. } | Error::DeliveryTimeout { .. }) => {
+            match producer.client().fatal_error() {
+                Some((code, reason)) => Err(Error::ProducerFatal {
+                    event_id: record.event_id,
+                    code,
+                    reason,
+                }),
+                None => result,
+            }
+        }
+        result => result,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Publishing one batch: the records of a key are sent one after the other,
-//! every key at once, and delivery reports are collected as they come.
+//! every key at once, and each record's result is reported as soon as it is
+//! known.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -21,8 +22,19 @@ use crate::headers::message_headers;
 pub(crate) type Producer = FutureProducer<TracingContext>;
 
 /// How long to wait before enqueuing again when the producer's queue is
-/// full and none of the batch's own records is in flight to free a slot.
+/// full: a delivery report of the batch's own, or of a concurrent batch's,
+/// frees a slot.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+/// How much longer than `message.timeout.ms` the sink waits for a record's
+/// delivery report before it gives up on it.
+///
+/// librdkafka itself fails a record `message.timeout.ms` after it was
+/// produced (an in-flight request's timeout is capped the same way), but it
+/// looks for expired records once a second and hands reports over through
+/// a polling thread, so the report can come a little late. This timer only
+/// decides when a report never comes at all.
+pub(crate) const REPORT_GRACE: Duration = Duration::from_secs(3);
 
 /// What became of one record: delivered, or why not.
 pub(crate) type RecordResult = Result<(), Error>;
@@ -30,13 +42,16 @@ pub(crate) type RecordResult = Result<(), Error>;
 /// The settings one batch needs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    /// How long the batch may take: `message.timeout.ms`.
+    /// How long one record may take, from its hand-off to the producer (or
+    /// from when it starts waiting for room in the producer's queue):
+    /// `message.timeout.ms`.
     pub(crate) timeout: Duration,
     /// Whether a missing topic is a permanent failure.
     pub(crate) unknown_topic_is_permanent: bool,
 }
 
-/// Publishes `records` and returns one result per record, in order.
+/// Publishes `records` and calls `report(index, result)` once per record
+/// (`index` into `records`) as soon as its result is known.
 ///
 /// The records of each key form a chain, in batch order; a keyless record is
 /// a chain of its own. The head of every chain is handed to the producer at
@@ -44,25 +59,42 @@ pub(crate) struct Limits {
 /// when a head fails, the rest of its chain is held back. So no record is
 /// sent before the previous record of its key is acknowledged, whatever
 /// librdkafka does with retries, timeouts and epoch bumps.
-pub(crate) async fn publish_batch(
+///
+/// There is no deadline for the batch as a whole: each record's wait is
+/// bounded on its own, from its hand-off to the producer (librdkafka's
+/// `message.timeout.ms`, plus [`REPORT_GRACE`] in case no report comes), and
+/// a head waiting for room in the producer's queue waits at most
+/// `message.timeout.ms` from when it became ready. A long chain therefore
+/// takes as long as its records need, and a slow record delays only its own
+/// key.
+pub(crate) async fn publish_batch<F>(
     producer: &Producer,
     records: &[OutboxRecord],
     routing: &Routing,
     limits: Limits,
-) -> Vec<RecordResult> {
-    let deadline = Instant::now() + limits.timeout;
+    report: F,
+) where
+    F: FnMut(usize, RecordResult) + Send,
+{
     let topics: Vec<Cow<'_, str>> = records.iter().map(|r| routing.topic(r)).collect();
-    let mut batch = Batch::new(records);
-    let mut ready: VecDeque<usize> = (0..batch.chains.len()).collect();
+    let mut batch = Batch::new(records, report);
+    // Chains whose head is to be handed over, with when it became ready.
+    // Every chain with records left is either here or in flight.
+    let started = Instant::now();
+    let mut ready: VecDeque<(usize, Instant)> = (0..batch.chains.len())
+        .map(|chain| (chain, started))
+        .collect();
     let mut in_flight = FuturesUnordered::new();
 
     loop {
-        // Hand the head of every ready chain to the producer.
-        while let Some(chain) = ready.pop_front() {
+        // Hand the head of every ready chain to the producer, until its
+        // queue is full.
+        while let Some(&(chain, _)) = ready.front() {
             let index = batch.head(chain);
             let record = &records[index];
             let topic = &*topics[index];
             if let Err(reason) = check_topic(topic) {
+                ready.pop_front();
                 let error = Error::InvalidTopic {
                     event_id: record.event_id,
                     topic: topic.to_owned(),
@@ -72,77 +104,82 @@ pub(crate) async fn publish_batch(
                 continue;
             }
             match enqueue(producer, record, topic) {
-                Ok(delivery) => in_flight.push(async move { (chain, delivery.await) }),
+                Ok(delivery) => {
+                    ready.pop_front();
+                    let deadline = Instant::now() + limits.timeout + REPORT_GRACE;
+                    in_flight.push(async move {
+                        (chain, tokio::time::timeout_at(deadline, delivery).await)
+                    });
+                }
+                // Try again once a slot is free.
                 Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    // Try again once a delivery report frees a slot.
-                    ready.push_front(chain);
                     break;
                 }
-                Err(error) => batch.fail(chain, delivery_error(record, topic, error, limits)),
-            }
-        }
-
-        if in_flight.is_empty() {
-            if ready.is_empty() {
-                break;
-            }
-            // The queue is full of records that are not this batch's.
-            if Instant::now() + QUEUE_FULL_PAUSE >= deadline {
-                break;
-            }
-            tokio::time::sleep(QUEUE_FULL_PAUSE).await;
-            continue;
-        }
-
-        let Ok(Some((chain, report))) = tokio::time::timeout_at(deadline, in_flight.next()).await
-        else {
-            break;
-        };
-        let index = batch.head(chain);
-        match report {
-            Ok(Ok(_delivery)) => {
-                if batch.deliver(chain) {
-                    ready.push_back(chain);
+                Err(error) => {
+                    ready.pop_front();
+                    batch.fail(chain, delivery_error(record, topic, error, limits));
                 }
             }
-            Ok(Err((error, _message))) => {
-                let error = delivery_error(&records[index], &topics[index], error, limits);
-                batch.fail(chain, error);
-            }
-            Err(_canceled) => {
-                let error = delivery_error(
-                    &records[index],
-                    &topics[index],
-                    KafkaError::Canceled,
-                    limits,
-                );
-                batch.fail(chain, error);
-            }
         }
-    }
 
-    // Out of time: heads still waiting for a free slot were never sent;
-    // heads in flight may or may not have arrived.
-    let queue_full: HashSet<usize> = ready.into_iter().collect();
-    for chain in 0..batch.chains.len() {
-        if batch.chains[chain].is_empty() {
-            continue;
-        }
-        let index = batch.head(chain);
-        let record = &records[index];
-        let error = if queue_full.contains(&chain) {
+        // A head waits for room in the queue no longer than it could wait
+        // in it.
+        let now = Instant::now();
+        ready.retain(|&(chain, since)| {
+            if now < since + limits.timeout {
+                return true;
+            }
+            let index = batch.head(chain);
             let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-            delivery_error(record, &topics[index], full, limits)
+            batch.fail(
+                chain,
+                delivery_error(&records[index], &topics[index], full, limits),
+            );
+            false
+        });
+
+        let (chain, outcome) = if ready.is_empty() {
+            match in_flight.next().await {
+                Some(next) => next,
+                // Every chain is settled.
+                None => break,
+            }
+        } else if in_flight.is_empty() {
+            // The queue is full of records that are not this batch's.
+            tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+            continue;
         } else {
-            Error::DeliveryTimeout {
-                event_id: record.event_id,
-                topic: topics[index].clone().into_owned(),
-                timeout: limits.timeout,
+            match tokio::time::timeout(QUEUE_FULL_PAUSE, in_flight.next()).await {
+                Ok(Some(next)) => next,
+                _ => continue,
             }
         };
-        batch.fail(chain, error);
+        let index = batch.head(chain);
+        let (record, topic) = (&records[index], &*topics[index]);
+        match outcome {
+            Ok(Ok(Ok(_delivery))) => {
+                if batch.deliver(chain) {
+                    ready.push_back((chain, Instant::now()));
+                }
+            }
+            Ok(Ok(Err((error, _message)))) => {
+                batch.fail(chain, delivery_error(record, topic, error, limits));
+            }
+            Ok(Err(_canceled)) => {
+                let error = delivery_error(record, topic, KafkaError::Canceled, limits);
+                batch.fail(chain, error);
+            }
+            Err(_elapsed) => {
+                let error = Error::DeliveryTimeout {
+                    event_id: record.event_id,
+                    topic: topic.to_owned(),
+                    timeout: limits.timeout + REPORT_GRACE,
+                };
+                batch.fail(chain, error);
+            }
+        }
     }
-    batch.into_results()
+    debug_assert!(batch.chains.iter().all(VecDeque::is_empty));
 }
 
 /// Hands one record to the producer without waiting for it to be sent.
@@ -171,16 +208,16 @@ fn delivery_error(record: &OutboxRecord, topic: &str, error: KafkaError, limits:
     }
 }
 
-/// The chains of a batch and what became of each record.
-struct Batch<'r> {
+/// The chains of a batch; settling a record reports its result.
+struct Batch<'r, F> {
     records: &'r [OutboxRecord],
     /// Record indexes still to settle, per chain, in batch order.
     chains: Vec<VecDeque<usize>>,
-    results: Vec<Option<RecordResult>>,
+    report: F,
 }
 
-impl<'r> Batch<'r> {
-    fn new(records: &'r [OutboxRecord]) -> Self {
+impl<'r, F: FnMut(usize, RecordResult)> Batch<'r, F> {
+    fn new(records: &'r [OutboxRecord], report: F) -> Self {
         let mut chains: Vec<VecDeque<usize>> = Vec::new();
         let mut by_key: HashMap<&str, usize> = HashMap::new();
         for (index, record) in records.iter().enumerate() {
@@ -198,7 +235,7 @@ impl<'r> Batch<'r> {
         Self {
             records,
             chains,
-            results: (0..records.len()).map(|_| None).collect(),
+            report,
         }
     }
 
@@ -210,7 +247,7 @@ impl<'r> Batch<'r> {
     /// Settles the chain's head as delivered; true when the chain has more.
     fn deliver(&mut self, chain: usize) -> bool {
         if let Some(index) = self.chains[chain].pop_front() {
-            self.results[index] = Some(Ok(()));
+            (self.report)(index, Ok(()));
         }
         !self.chains[chain].is_empty()
     }
@@ -220,23 +257,17 @@ impl<'r> Batch<'r> {
         let Some(index) = self.chains[chain].pop_front() else {
             return;
         };
+        (self.report)(index, Err(error));
         let behind = self.records[index].event_id;
         let key = self.records[index].key.clone().unwrap_or_default();
         for held in self.chains[chain].drain(..) {
-            self.results[held] = Some(Err(Error::HeldBack {
+            let error = Error::HeldBack {
                 event_id: self.records[held].event_id,
                 behind,
                 key: key.clone(),
-            }));
+            };
+            (self.report)(held, Err(error));
         }
-        self.results[index] = Some(Err(error));
-    }
-
-    fn into_results(self) -> Vec<RecordResult> {
-        self.results
-            .into_iter()
-            .map(|result| result.expect("every chain is settled before the batch ends"))
-            .collect()
     }
 }
 
@@ -258,7 +289,7 @@ mod tests {
             record(5, None),
             record(6, Some("a")),
         ];
-        let batch = Batch::new(&records);
+        let batch = Batch::new(&records, |_, _| {});
         let chains: Vec<Vec<usize>> = batch
             .chains
             .iter()
@@ -268,13 +299,14 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_head_holds_back_the_rest_of_its_key() {
+    fn a_failed_head_holds_back_the_rest_of_its_key_and_each_record_is_reported_once() {
         let records = [
             record(1, Some("a")),
             record(2, Some("b")),
             record(3, Some("a")),
         ];
-        let mut batch = Batch::new(&records);
+        let mut reported = Vec::new();
+        let mut batch = Batch::new(&records, |index, result| reported.push((index, result)));
         assert!(!batch.deliver(1));
         let timeout = Error::DeliveryTimeout {
             event_id: records[0].event_id,
@@ -282,10 +314,14 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         batch.fail(0, timeout);
-        let results = batch.into_results();
-        assert!(matches!(results[0], Err(Error::DeliveryTimeout { .. })));
-        assert!(results[1].is_ok());
-        match &results[2] {
+        assert!(batch.chains.iter().all(VecDeque::is_empty));
+        drop(batch);
+
+        let indexes: Vec<usize> = reported.iter().map(|(index, _)| *index).collect();
+        assert_eq!(indexes, vec![1, 0, 2]);
+        assert!(reported[0].1.is_ok());
+        assert!(matches!(reported[1].1, Err(Error::DeliveryTimeout { .. })));
+        match &reported[2].1 {
             Err(Error::HeldBack { behind, key, .. }) => {
                 assert_eq!(*behind, records[0].event_id);
                 assert_eq!(key, "a");

@@ -2,15 +2,16 @@
 
 use chrono::{DateTime, Utc};
 use outbox_core::{OutboxRecord, OutboxStats, Status};
-use sea_orm::sea_query::Query;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Value,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Value,
 };
 
-use super::{SeaOrmStore, TxError};
+use super::{SeaOrmStore, TxError, settle};
 use crate::entity::{Column, Entity};
 use crate::error::Error;
+use crate::keys;
 use crate::sql::{Param, render};
 
 pub(super) async fn list_dead(
@@ -22,9 +23,7 @@ pub(super) async fn list_dead(
     if let Some(after) = after_id {
         query = query.filter(Column::Id.gt(after));
     }
-    let limit = u64::try_from(limit)
-        .unwrap_or(u64::MAX)
-        .min(i64::MAX as u64);
+    let limit = Ord::min(u64::try_from(limit).unwrap_or(u64::MAX), i64::MAX as u64);
     let rows = match query
         .order_by_asc(Column::Id)
         .limit(limit)
@@ -38,31 +37,110 @@ pub(super) async fn list_dead(
 }
 
 /// Moves dead records back to pending, available now, attempts reset, last
-/// error kept: one record, or all of them.
+/// error kept, and frees the keys they held: one record, or all of them.
 pub(super) async fn requeue(store: &SeaOrmStore, id: Option<i64>) -> Result<u64, Error> {
-    let now = Utc::now();
-    let mut update = Query::update();
-    update
-        .table(Entity)
-        .value(Column::Status, Status::Pending.as_str())
-        .value(Column::Attempts, 0)
-        .value(Column::AvailableAt, now)
-        .value(Column::LockedBy, Value::String(None))
-        .value(Column::LockedUntil, Value::ChronoDateTimeUtc(None))
-        .value(Column::UpdatedAt, now)
-        .and_where(Column::Status.eq(Status::Dead.as_str()));
-    if let Some(id) = id {
-        update.and_where(Column::Id.eq(id));
-    }
-    match store.connection().execute(&update).await {
-        Ok(result) => Ok(result.rows_affected()),
-        Err(error) => Err(store.fail("requeue dead outbox records", error).await),
-    }
+    let offset = store.clock_offset();
+    store
+        .retrying(|| {
+            store.transaction("requeue dead outbox records", async |txn| {
+                let now = crate::clock::now(txn, offset).await?;
+                let mut keys = dead_keys(txn, id).await?;
+                settle::upsert_keys(txn, &mut keys, now).await?;
+                let mut update = Query::update();
+                update
+                    .table(Entity)
+                    .value(Column::Status, Status::Pending.as_str())
+                    .value(Column::Attempts, 0)
+                    .value(Column::AvailableAt, now)
+                    .value(Column::LockedBy, Value::String(None))
+                    .value(Column::LockedUntil, Value::ChronoDateTimeUtc(None))
+                    .value(Column::UpdatedAt, now)
+                    .and_where(Column::Status.eq(Status::Dead.as_str()));
+                let mut free = Query::update();
+                free.table(Alias::new(keys::TABLE))
+                    .value(Alias::new("held_by"), Value::BigInt(None));
+                match id {
+                    Some(id) => {
+                        update.and_where(Column::Id.eq(id));
+                        free.and_where(Expr::col(Alias::new("held_by")).eq(id));
+                    }
+                    None => {
+                        free.and_where(Expr::col(Alias::new("held_by")).is_not_null());
+                    }
+                }
+                let requeued = txn.execute(&update).await?.rows_affected();
+                txn.execute(&free).await?;
+                settle::refresh(txn, &keys).await?;
+                Ok::<_, TxError>(requeued)
+            })
+        })
+        .await
+}
+
+/// The keys of the dead record `id`, or of every dead record.
+async fn dead_keys(txn: &DatabaseTransaction, id: Option<i64>) -> Result<Vec<String>, TxError> {
+    let backend = txn.get_database_backend();
+    let statement = match id {
+        Some(id) => render(
+            backend,
+            "SELECT partition_key FROM outbox
+WHERE id = :id AND status = 'dead' AND partition_key IS NOT NULL",
+            &[("id", Param::one(id))],
+        ),
+        None => render(
+            backend,
+            "SELECT DISTINCT partition_key FROM outbox
+WHERE status = 'dead' AND partition_key IS NOT NULL",
+            &[],
+        ),
+    };
+    txn.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get("", "partition_key")?))
+        .collect()
+}
+
+/// Frees the key held by the dead record `id` and notes the discard in its
+/// last error; false when it holds nothing.
+pub(super) async fn discard(store: &SeaOrmStore, id: i64) -> Result<bool, Error> {
+    let offset = store.clock_offset();
+    store
+        .retrying(|| {
+            store.transaction("discard a dead outbox record", async |txn| {
+                let now = crate::clock::now(txn, offset).await?;
+                let mut keys = dead_keys(txn, Some(id)).await?;
+                if keys.is_empty() {
+                    return Ok(false);
+                }
+                settle::upsert_keys(txn, &mut keys, now).await?;
+                let mut free = Query::update();
+                free.table(Alias::new(keys::TABLE))
+                    .value(Alias::new("held_by"), Value::BigInt(None))
+                    .and_where(Expr::col(Alias::new("held_by")).eq(id))
+                    .and_where(Expr::col(Alias::new("partition_key")).eq(keys[0].as_str()));
+                if txn.execute(&free).await?.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let row = Entity::find_by_id(id).one(txn).await?;
+                let error = row.and_then(|row| row.last_error).unwrap_or_default();
+                let mut note = Query::update();
+                note.table(Entity)
+                    .value(Column::LastError, format!("discarded at {now}: {error}"))
+                    .value(Column::UpdatedAt, now)
+                    .and_where(Column::Id.eq(id));
+                txn.execute(&note).await?;
+                settle::refresh(txn, &keys).await?;
+                Ok::<_, TxError>(true)
+            })
+        })
+        .await
 }
 
 /// Deletes published records published before `before`, `batch_size` per
 /// statement, each statement its own transaction, oldest first (the order
-/// of the published index, so no sort).
+/// of the published index, so no sort); then the keys left idle, in
+/// batches of the same size.
 pub(super) async fn purge_published(
     store: &SeaOrmStore,
     before: DateTime<Utc>,
@@ -94,10 +172,24 @@ ORDER BY published_at LIMIT :limit"
         let statement = render(backend, template, &params);
         let deleted = store
             .transaction("purge published outbox records", async |txn| {
-                Ok::<_, TxError>(txn.execute_raw(statement).await?.rows_affected())
+                Ok::<_, TxError>(txn.execute_raw(statement.clone()).await?.rows_affected())
             })
             .await?;
         total += deleted;
+        if deleted < limit as u64 {
+            break;
+        }
+    }
+    // Keys left with nothing pending, in batches of the same size.
+    loop {
+        let statement = keys::delete_idle(backend, limit);
+        let deleted = store
+            .retrying(|| {
+                store.transaction("delete idle outbox keys", async |txn| {
+                    Ok::<_, TxError>(txn.execute_raw(statement.clone()).await?.rows_affected())
+                })
+            })
+            .await?;
         if deleted < limit as u64 {
             return Ok(total);
         }
@@ -107,13 +199,14 @@ ORDER BY published_at LIMIT :limit"
 pub(super) async fn stats(store: &SeaOrmStore, now: DateTime<Utc>) -> Result<OutboxStats, Error> {
     let statement = render(
         store.backend(),
+        // One count per status, each through that status's index, rather
+        // than one scan of the whole table.
         "SELECT
-  COUNT(CASE WHEN status = 'pending' THEN 1 END) AS pending,
-  COUNT(CASE WHEN status = 'pending' AND locked_until > :now THEN 1 END) AS leased,
-  COUNT(CASE WHEN status = 'published' THEN 1 END) AS published,
-  COUNT(CASE WHEN status = 'dead' THEN 1 END) AS dead,
-  (SELECT MIN(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending_at
-FROM outbox",
+  (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS pending,
+  (SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND locked_until > :now) AS leased,
+  (SELECT COUNT(*) FROM outbox WHERE status = 'published') AS published,
+  (SELECT COUNT(*) FROM outbox WHERE status = 'dead') AS dead,
+  (SELECT MIN(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending_at",
         &[("now", Param::one(now))],
     );
     let row = match store.connection().query_one_raw(statement).await {

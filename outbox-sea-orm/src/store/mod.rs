@@ -6,19 +6,22 @@ mod claim;
 mod connect;
 mod settle;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use outbox_core::{
-    ClaimRequest, DeadLetter, NewRecord, OutboxAdmin, OutboxRecord, OutboxStats, OutboxStore,
-    Retry, StoreError,
+    ClaimRequest, NewRecord, OutboxAdmin, OutboxRecord, OutboxStats, OutboxStore, Settlement,
+    StoreError,
 };
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IsolationLevel, QuerySelect, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, IsolationLevel, QuerySelect, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
 };
 
-pub use claim::claim_statement;
+pub use claim::claim_statements;
 
 use crate::entity::Entity;
 use crate::error::{Error, fail};
@@ -35,15 +38,30 @@ use crate::error::{Error, fail};
 /// [`connect`](SeaOrmStore::connect) checks that it exists; with
 /// [`new`](SeaOrmStore::new), call [`check`](SeaOrmStore::check) at
 /// start-up, or the first operation reports [`Error::MissingTable`].
+///
+/// Leases, availability and backoff follow the database server's clock
+/// (`now()` on PostgreSQL, `UTC_TIMESTAMP(6)` on MySQL/MariaDB; SQLite runs
+/// in this process and uses its clock), so relays and writers on hosts
+/// whose clocks differ agree on them.
 #[derive(Debug, Clone)]
 pub struct SeaOrmStore {
     db: DatabaseConnection,
+    /// Microseconds added to the database's clock: zero, except in tests
+    /// that move time forward (feature `testkit`).
+    offset: Arc<AtomicI64>,
 }
 
 impl SeaOrmStore {
     /// A store over an existing connection pool.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self {
+            db,
+            offset: Arc::default(),
+        }
+    }
+
+    fn clock_offset(&self) -> TimeDelta {
+        TimeDelta::microseconds(self.offset.load(Ordering::Relaxed))
     }
 
     /// Connects to the database at a URL (or with [`ConnectOptions`], to
@@ -75,12 +93,22 @@ impl SeaOrmStore {
         Ok(store)
     }
 
-    /// Checks that the `outbox` table exists with the columns the store
-    /// reads: [`Error::MissingTable`] names the database and the fix.
+    /// Checks that the `outbox` and `outbox_keys` tables exist with the
+    /// columns the store reads: [`Error::MissingTable`] names the database
+    /// and the fix.
     pub async fn check(&self) -> Result<(), Error> {
-        match Entity::find().limit(0).all(&self.db).await {
+        if let Err(error) = Entity::find().limit(0).all(&self.db).await {
+            return Err(fail(&self.db, "read the outbox table", error).await);
+        }
+        let keys = Statement::from_string(
+            self.backend(),
+            "SELECT partition_key, next_at, held_by FROM outbox_keys WHERE 1 = 0",
+        );
+        match self.db.query_all_raw(keys).await {
             Ok(_) => Ok(()),
-            Err(error) => Err(fail(&self.db, "read the outbox table", error).await),
+            Err(_) => Err(Error::OutdatedTable {
+                database: crate::error::database_name(&self.db).await.ok().flatten(),
+            }),
         }
     }
 
@@ -119,10 +147,39 @@ impl SeaOrmStore {
         }
     }
 
+    /// Runs `transaction` again, a few times after a short random pause,
+    /// while it loses a deadlock or a serialization conflict to another
+    /// transaction (relays settling while writers enqueue for the same keys,
+    /// InnoDB's next-key locks).
+    async fn retrying<T, F, Fut>(&self, mut transaction: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let mut tries = 0;
+        loop {
+            match transaction().await {
+                Err(error)
+                    if tries < CONFLICT_TRIES
+                        && error.db_err().is_some_and(crate::error::is_conflict) =>
+                {
+                    tries += 1;
+                    tracing::debug!(tries, error = %error, "an outbox transaction lost a conflict; running it again");
+                    let pause = rand::random_range(1..=10 * u64::from(tries));
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     async fn fail(&self, operation: &'static str, error: DbErr) -> Error {
         fail(&self.db, operation, error).await
     }
 }
+
+/// How often a transaction that lost a conflict is run again.
+const CONFLICT_TRIES: u32 = 5;
 
 /// What fails inside a store transaction.
 enum TxError {
@@ -160,14 +217,15 @@ async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
 #[async_trait]
 impl OutboxStore for SeaOrmStore {
     async fn enqueue(&self, records: &[NewRecord]) -> Result<(), StoreError> {
-        if records.len() <= crate::enqueue::ROWS_PER_INSERT {
-            return Ok(crate::enqueue_records(&self.db, records).await?);
-        }
-        // Several inserts: all or nothing, as one would be.
+        // In a transaction of its own: all or nothing, and the keys' locks
+        // held until the records commit.
+        let offset = self.clock_offset();
         Ok(self
-            .transaction("write events to the outbox", async |txn| {
-                crate::enqueue_records(txn, records).await?;
-                Ok::<_, TxError>(())
+            .retrying(|| {
+                self.transaction("write events to the outbox", async |txn| {
+                    crate::enqueue::write(txn, records, offset).await?;
+                    Ok::<_, TxError>(())
+                })
             })
             .await?)
     }
@@ -176,20 +234,8 @@ impl OutboxStore for SeaOrmStore {
         Ok(claim::claim(self, request).await?)
     }
 
-    async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
-        Ok(settle::mark_published(self, owner, ids).await?)
-    }
-
-    async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError> {
-        Ok(settle::schedule_retry(self, owner, retries).await?)
-    }
-
-    async fn mark_dead(&self, owner: &str, dead: &[DeadLetter]) -> Result<u64, StoreError> {
-        Ok(settle::mark_dead(self, owner, dead).await?)
-    }
-
-    async fn release(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
-        Ok(settle::release(self, owner, ids).await?)
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+        Ok(settle::settle(self, owner, settlement).await?)
     }
 }
 
@@ -211,6 +257,10 @@ impl OutboxAdmin for SeaOrmStore {
         Ok(admin::requeue(self, None).await?)
     }
 
+    async fn discard(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(admin::discard(self, id).await?)
+    }
+
     async fn purge_published(
         &self,
         before: DateTime<Utc>,
@@ -221,5 +271,14 @@ impl OutboxAdmin for SeaOrmStore {
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
         Ok(admin::stats(self, now).await?)
+    }
+}
+
+/// The store conformance suite moves time forward on the store's clock.
+#[cfg(feature = "testkit")]
+impl outbox_core::testkit::TestStore for SeaOrmStore {
+    fn advance_clock(&self, by: std::time::Duration) {
+        let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
+        self.offset.fetch_add(micros, Ordering::Relaxed);
     }
 }

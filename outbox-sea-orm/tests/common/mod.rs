@@ -220,7 +220,7 @@ async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, 
     options
         .max_connections(max_connections)
         .connect_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
+        .sqlx_logging(std::env::var("SQLX_LOG").is_ok());
     Database::connect(options).await
 }
 

@@ -1,0 +1,198 @@
+//! The outcomes of a batch in flight, grouped by key, handed out for
+//! settling as soon as what to do with them is known.
+
+use std::collections::HashMap;
+
+use crate::{OutboxRecord, Outcome};
+
+/// A record ready to settle.
+#[derive(Debug)]
+pub(super) struct Ready {
+    /// Its index in the batch.
+    pub(super) index: usize,
+    /// What the sink reported.
+    pub(super) outcome: Outcome,
+    /// Whether an earlier record of its key in the batch failed (or got no
+    /// outcome): a failure is then not an attempt of its own.
+    pub(super) behind: bool,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Waiting,
+    Reported(Outcome),
+    Taken,
+}
+
+/// What the sink reported so far for each record of a batch.
+///
+/// A delivered record is ready at once. A failed record is ready once every
+/// earlier record of its key has an outcome, since only then is it known
+/// whether it is the key's first failure (an attempt: retry or dead) or
+/// one behind it (released).
+#[derive(Debug)]
+pub(super) struct Tracker {
+    slots: Vec<Slot>,
+    /// The batch indexes of each key's records (a keyless record is a group
+    /// of its own), in batch order.
+    groups: Vec<Vec<usize>>,
+    /// Whether a record of the group has failed and been handed out.
+    failed: Vec<bool>,
+}
+
+impl Tracker {
+    pub(super) fn new(records: &[OutboxRecord]) -> Self {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_key: HashMap<&str, usize> = HashMap::new();
+        for (index, record) in records.iter().enumerate() {
+            match record.key.as_deref() {
+                Some(key) => {
+                    let group = *by_key.entry(key).or_insert_with(|| {
+                        groups.push(Vec::new());
+                        groups.len() - 1
+                    });
+                    groups[group].push(index);
+                }
+                None => groups.push(vec![index]),
+            }
+        }
+        Self {
+            slots: records.iter().map(|_| Slot::Waiting).collect(),
+            failed: vec![false; groups.len()],
+            groups,
+        }
+    }
+
+    /// Records an outcome; false if the index is out of range or already
+    /// has one.
+    pub(super) fn report(&mut self, index: usize, outcome: Outcome) -> bool {
+        match self.slots.get_mut(index) {
+            Some(slot @ Slot::Waiting) => {
+                *slot = Slot::Reported(outcome);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives every record still without an outcome a retriable one, so it
+    /// is released (or retried when it heads its key); returns how many.
+    pub(super) fn report_missing(&mut self) -> usize {
+        let mut missing = 0;
+        for slot in &mut self.slots {
+            if matches!(slot, Slot::Waiting) {
+                *slot = Slot::Reported(Outcome::retriable(
+                    "the sink returned no outcome for this record",
+                ));
+                missing += 1;
+            }
+        }
+        missing
+    }
+
+    /// Hands out every record whose settlement is known.
+    pub(super) fn take_settled(&mut self) -> Vec<Ready> {
+        let mut ready = Vec::new();
+        for (group, indexes) in self.groups.iter().enumerate() {
+            let mut failed = self.failed[group];
+            let mut unknown = false;
+            for &index in indexes {
+                let slot = &mut self.slots[index];
+                match slot {
+                    Slot::Taken => {}
+                    Slot::Waiting => unknown = true,
+                    Slot::Reported(outcome) if outcome.is_delivered() || !unknown => {
+                        let delivered = outcome.is_delivered();
+                        let Slot::Reported(outcome) = std::mem::replace(slot, Slot::Taken) else {
+                            unreachable!("matched as reported")
+                        };
+                        ready.push(Ready {
+                            index,
+                            outcome,
+                            behind: failed,
+                        });
+                        failed |= !delivered;
+                    }
+                    Slot::Reported(_) => {}
+                }
+            }
+            self.failed[group] = failed;
+        }
+        ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewRecord;
+
+    fn records(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let now = chrono::Utc::now();
+                let new = NewRecord {
+                    event_id: uuid::Uuid::now_v7(),
+                    topic: "t".to_owned(),
+                    key: key.map(str::to_owned),
+                    event_type: "T".to_owned(),
+                    schema_version: 1,
+                    payload: format!("{{\"n\":{i}}}"),
+                    headers: Default::default(),
+                    created_at: now,
+                    available_at: now,
+                };
+                OutboxRecord::from_new(i as i64 + 1, new)
+            })
+            .collect()
+    }
+
+    fn taken(ready: &[Ready]) -> Vec<(usize, bool, bool)> {
+        ready
+            .iter()
+            .map(|r| (r.index, r.outcome.is_delivered(), r.behind))
+            .collect()
+    }
+
+    #[test]
+    fn delivered_records_are_ready_at_once_failures_when_their_key_is_known() {
+        let records = records(&[Some("a"), Some("a"), Some("a"), None]);
+        let mut tracker = Tracker::new(&records);
+        assert!(tracker.report(1, Outcome::retriable("held back")));
+        assert!(tracker.report(3, Outcome::Delivered));
+        // Record 1 failed, but record 0 of its key is unknown yet.
+        assert_eq!(taken(&tracker.take_settled()), vec![(3, true, false)]);
+        assert!(tracker.report(0, Outcome::retriable("timeout")));
+        assert!(tracker.report(2, Outcome::retriable("held back")));
+        assert_eq!(
+            taken(&tracker.take_settled()),
+            vec![(0, false, false), (1, false, true), (2, false, true)]
+        );
+        assert!(tracker.take_settled().is_empty());
+        assert!(!tracker.report(0, Outcome::Delivered), "reported twice");
+        assert!(!tracker.report(9, Outcome::Delivered), "no such record");
+    }
+
+    #[test]
+    fn a_delivered_prefix_is_ready_before_the_rest_of_its_key() {
+        let records = records(&[Some("a"), Some("a"), Some("a")]);
+        let mut tracker = Tracker::new(&records);
+        tracker.report(0, Outcome::Delivered);
+        assert_eq!(taken(&tracker.take_settled()), vec![(0, true, false)]);
+        tracker.report(1, Outcome::permanent("too large"));
+        assert_eq!(taken(&tracker.take_settled()), vec![(1, false, false)]);
+        assert_eq!(tracker.report_missing(), 1);
+        assert_eq!(taken(&tracker.take_settled()), vec![(2, false, true)]);
+    }
+
+    #[test]
+    fn missing_outcomes_are_released() {
+        let records = records(&[None, Some("b")]);
+        let mut tracker = Tracker::new(&records);
+        tracker.report(1, Outcome::Delivered);
+        assert_eq!(tracker.report_missing(), 1);
+        let ready = tracker.take_settled();
+        assert_eq!(taken(&ready), vec![(0, false, false), (1, true, false)]);
+    }
+}

@@ -1,0 +1,112 @@
+//! `outbox_keys`: one row per key with pending records (or a dead record
+//! holding it), whose `next_at` is when the key's first pending record can
+//! be claimed. The claim reads this table instead of the records, so its
+//! cost does not grow with the records waiting behind blocked keys.
+//!
+//! A key whose records are all published stays as an idle row (no
+//! `next_at`) until housekeeping deletes it with the published records.
+//!
+//! Every transaction that changes a key's records also writes the key's
+//! row, and so holds its lock until it commits:
+//!
+//! - `enqueue` upserts the key **before** inserting the record, so a
+//!   second transaction enqueueing for the key waits for the first to
+//!   commit before its record gets an id: ids of one key are in commit
+//!   order, and the relay publishes in id order.
+//! - the claim locks ready keys (`FOR UPDATE SKIP LOCKED`: never waiting
+//!   for a writer), leases their first records and refreshes them;
+//! - settling, requeueing and discarding upsert the key first (waiting for
+//!   a writer to commit), then refresh it from the records in a new
+//!   statement, which sees what that writer committed.
+//!
+//! Statements here are hand-written where sea-query has no form for them:
+//! the per-dialect upsert expression and the correlated head subquery.
+
+use sea_orm::sea_query::{Alias, Expr, InsertStatement, OnConflict, Query, SimpleExpr};
+use sea_orm::{DbBackend, Statement};
+
+use crate::sql::{Param, render};
+
+/// The key table's name.
+pub(crate) const TABLE: &str = "outbox_keys";
+
+/// Upserts `keys` (sorted and deduplicated by the caller, so writers lock
+/// them in one order), each with the `next_at` it gets when it has no
+/// pending record yet. An existing key keeps its `next_at`, unless it has
+/// neither a head nor a dead record holding it.
+pub(crate) fn upsert(
+    backend: DbBackend,
+    keys: impl IntoIterator<Item = (String, SimpleExpr)>,
+) -> InsertStatement {
+    let excluded = match backend {
+        DbBackend::MySql => "VALUES(next_at)",
+        _ => "excluded.next_at",
+    };
+    let mut insert = Query::insert();
+    insert
+        .into_table(Alias::new(TABLE))
+        .columns([Alias::new("partition_key"), Alias::new("next_at")]);
+    for (key, next_at) in keys {
+        insert.values_panic([key.into(), next_at]);
+    }
+    insert.on_conflict(
+        OnConflict::column(Alias::new("partition_key"))
+            .value(
+                Alias::new("next_at"),
+                Expr::cust(format!(
+                    "CASE WHEN outbox_keys.next_at IS NULL AND outbox_keys.held_by IS NULL \
+                     THEN {excluded} ELSE outbox_keys.next_at END"
+                )),
+            )
+            .to_owned(),
+    );
+    insert
+}
+
+/// Sets each key's `next_at` to its first pending record's `available_at`
+/// (none when it has no pending record left: the key is idle). Keys held
+/// by a dead record are left alone.
+///
+/// Idle keys stay in the table until housekeeping deletes them
+/// ([`delete_idle`]): deleting them here, in every settlement, made
+/// concurrent settlements deadlock on MySQL/MariaDB, whose `DELETE` locks
+/// every row it reads.
+pub(crate) fn refresh(backend: DbBackend, keys: &[String]) -> Statement {
+    render(
+        backend,
+        "UPDATE outbox_keys SET next_at = (
+  SELECT o.available_at FROM outbox o
+  WHERE o.partition_key = outbox_keys.partition_key AND o.status = 'pending'
+  ORDER BY o.id LIMIT 1)
+WHERE partition_key IN (:keys) AND held_by IS NULL",
+        &[("keys", Param::list(keys.iter().cloned()))],
+    )
+}
+
+/// Deletes up to `limit` idle keys (no pending record, no dead one holding
+/// them) through the `next_at` index. A key a writer is enqueueing for is
+/// not idle: the writer's upsert set its `next_at`, and the delete waits
+/// for it and then leaves the row.
+pub(crate) fn delete_idle(backend: DbBackend, limit: i64) -> Statement {
+    let template = match backend {
+        DbBackend::MySql => {
+            "DELETE FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL LIMIT :limit"
+        }
+        _ => {
+            "DELETE FROM outbox_keys WHERE partition_key IN (
+  SELECT partition_key FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL LIMIT :limit)"
+        }
+    };
+    render(backend, template, &[("limit", Param::one(limit))])
+}
+
+/// Makes the dead record `id` hold its key (it must be dead already).
+pub(crate) fn hold(backend: DbBackend, id: i64) -> Statement {
+    render(
+        backend,
+        "UPDATE outbox_keys SET held_by = :id, next_at = NULL
+WHERE held_by IS NULL AND partition_key = (
+  SELECT o.partition_key FROM outbox o WHERE o.id = :id AND o.status = 'dead')",
+        &[("id", Param::one(id))],
+    )
+}
