@@ -148,6 +148,7 @@ pub(crate) async fn write(
         return Ok(());
     }
     let backend = db.get_database_backend();
+    check_packet_size(db, records).await?;
     let now = Utc::now();
     // When each record becomes available, on the database's clock: its
     // delay (if any) counted from the insert.
@@ -210,6 +211,51 @@ fn size(record: &NewRecord) -> usize {
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>()
+}
+
+/// On MySQL/MariaDB, refuses an event larger than the server's
+/// `max_allowed_packet` before sending it: the server would drop the
+/// connection (or answer error 1153) and the same insert would fail again.
+/// Asked only when an event is larger than [`BYTES_PER_INSERT`].
+async fn check_packet_size(db: &impl ConnectionTrait, records: &[NewRecord]) -> Result<(), Error> {
+    let Some(largest) = records
+        .iter()
+        .filter(|record| size(record) > BYTES_PER_INSERT)
+        .max_by_key(|record| size(record))
+    else {
+        return Ok(());
+    };
+    if db.get_database_backend() != sea_orm::DbBackend::MySql {
+        return Ok(());
+    }
+    let statement = sea_orm::Statement::from_string(
+        sea_orm::DbBackend::MySql,
+        "SELECT @@max_allowed_packet AS max_allowed_packet",
+    );
+    let limit: i64 = match db.query_one_raw(statement).await {
+        Ok(Some(row)) => row
+            .try_get::<i64>("", "max_allowed_packet")
+            .or_else(|_| {
+                row.try_get::<u64>("", "max_allowed_packet")
+                    .map(|n| n as i64)
+            })
+            .unwrap_or(i64::MAX),
+        Ok(None) => i64::MAX,
+        Err(error) => return Err(fail(db, "read max_allowed_packet", error).await),
+    };
+    // The statement around the event takes a few kilobytes more.
+    let needed = size(largest) as i64 + 16 * 1024;
+    if needed > limit {
+        return Err(Error::InvalidEvent {
+            event_type: largest.event_type.clone(),
+            reason: format!(
+                "it is {} bytes, and the server takes statements of at most {limit} bytes \
+                 (max_allowed_packet); make the event smaller, or raise max_allowed_packet",
+                size(largest)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Says so when a lone event larger than [`BYTES_PER_INSERT`] is refused

@@ -366,6 +366,9 @@ mod codes {
             // share, none of which the outbox's statements meet), a read-only
             // transaction (1792): a writer that became a replica in a failover
             1290 | 1792 => Some(Class::Retriable),
+            // a statement larger than max_allowed_packet (SQLSTATE 08S01, a
+            // connection class, yet the same statement fails every time)
+            1153 => Some(Class::Permanent),
             _ => None,
         }
     }
@@ -504,6 +507,8 @@ mod tests {
                 "{retriable}"
             );
         }
+        // a packet over max_allowed_packet: the same statement fails again
+        assert_eq!(mysql_class(1153), Some(Class::Permanent));
         // duplicate entry, data too long: left to the SQLSTATE
         assert_eq!(mysql_class(1062), None);
         assert_eq!(mysql_class(1406), None);
