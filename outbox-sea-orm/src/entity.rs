@@ -102,3 +102,29 @@ impl TryFrom<Model> for OutboxRecord {
         })
     }
 }
+
+impl Model {
+    /// The row as a record for people to look at (dead letters): where a
+    /// value cannot be read (the reason a row was set aside), an empty or
+    /// zero value stands in, and the row's `last_error` says what it was.
+    pub(crate) fn into_listed(self) -> OutboxRecord {
+        match OutboxRecord::try_from(self.clone()) {
+            Ok(record) => record,
+            Err(_) => OutboxRecord {
+                id: self.id,
+                event_id: self.event_id,
+                topic: self.topic,
+                key: self.partition_key,
+                event_type: self.event_type,
+                schema_version: u32::try_from(self.schema_version).unwrap_or_default(),
+                payload: self.payload,
+                headers: serde_json::from_str(&self.headers).unwrap_or_default(),
+                status: Status::from_str(&self.status).unwrap_or(Status::Dead),
+                attempts: u32::try_from(self.attempts).unwrap_or_default(),
+                last_error: self.last_error,
+                created_at: self.created_at,
+                available_at: self.available_at,
+            },
+        }
+    }
+}

@@ -72,13 +72,21 @@ pub(crate) fn upsert(
 /// concurrent settlements deadlock on MySQL/MariaDB, whose `DELETE` locks
 /// every row it reads.
 pub(crate) fn refresh(backend: DbBackend, keys: &[String]) -> Statement {
+    // MariaDB otherwise reads the head through the unkeyed records' index
+    // and sorts what it finds.
+    let hint = match backend {
+        DbBackend::MySql => " FORCE INDEX (idx_outbox_key_pending)",
+        _ => "",
+    };
     render(
         backend,
-        "UPDATE outbox_keys SET next_at = (
-  SELECT o.available_at FROM outbox o
+        &format!(
+            "UPDATE outbox_keys SET next_at = (
+  SELECT o.available_at FROM outbox o{hint}
   WHERE o.partition_key = outbox_keys.partition_key AND o.status = 'pending'
   ORDER BY o.id LIMIT 1)
-WHERE partition_key IN (:keys) AND held_by IS NULL",
+WHERE partition_key IN (:keys) AND held_by IS NULL"
+        ),
         &[("keys", Param::list(keys.iter().cloned()))],
     )
 }

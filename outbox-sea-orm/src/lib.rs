@@ -80,4 +80,4 @@ pub use enqueue::{AsEvent, enqueue, enqueue_all, enqueue_records, marker};
 pub use error::{DbError, Error};
 pub use store::SeaOrmStore;
 #[doc(hidden)]
-pub use store::claim_statements;
+pub use store::{claim_statements, explained_statements};

@@ -4,12 +4,12 @@ use chrono::{DateTime, Utc};
 use outbox_core::{OutboxRecord, OutboxStats, Status};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Value,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
+    IdenStatic, Iterable, Statement, Value,
 };
 
 use super::{SeaOrmStore, TxError, settle};
-use crate::entity::{Column, Entity};
+use crate::entity::{Column, Entity, Model};
 use crate::error::Error;
 use crate::keys;
 use crate::sql::{Param, render};
@@ -19,21 +19,49 @@ pub(super) async fn list_dead(
     after_id: Option<i64>,
     limit: usize,
 ) -> Result<Vec<OutboxRecord>, Error> {
-    let mut query = Entity::find().filter(Column::Status.eq(Status::Dead.as_str()));
-    if let Some(after) = after_id {
-        query = query.filter(Column::Id.gt(after));
-    }
-    let limit = Ord::min(u64::try_from(limit).unwrap_or(u64::MAX), i64::MAX as u64);
-    let rows = match query
-        .order_by_asc(Column::Id)
-        .limit(limit)
-        .all(store.connection())
-        .await
-    {
+    let statement = list_dead_statement(store.backend(), after_id.unwrap_or(i64::MIN), limit);
+    let rows = match store.connection().query_all_raw(statement).await {
         Ok(rows) => rows,
         Err(error) => return Err(store.fail("list dead outbox records", error).await),
     };
-    rows.into_iter().map(OutboxRecord::try_from).collect()
+    let models = rows
+        .iter()
+        .map(|row| Model::from_query_result(row, ""))
+        .collect::<Result<Vec<_>, _>>();
+    match models {
+        // A dead row may be one set aside as unreadable: list it anyway.
+        Ok(models) => Ok(models.into_iter().map(Model::into_listed).collect()),
+        Err(error) => Err(store.fail("list dead outbox records", error).await),
+    }
+}
+
+/// Dead records after `after_id`, in id order, through the dead records'
+/// index (`(status, id)` on MySQL/MariaDB, named: it would take
+/// `(status, published_at)` and sort).
+fn list_dead_statement(backend: DbBackend, after_id: i64, limit: usize) -> Statement {
+    let columns = Column::iter()
+        .map(|column| column.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = match backend {
+        DbBackend::MySql => " FORCE INDEX (idx_outbox_pending)",
+        _ => "",
+    };
+    render(
+        backend,
+        &format!(
+            "SELECT {columns} FROM outbox{hint}
+WHERE status = 'dead' AND id > :after
+ORDER BY id LIMIT :limit"
+        ),
+        &[
+            ("after", Param::one(after_id)),
+            (
+                "limit",
+                Param::one(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ),
+        ],
+    )
 }
 
 /// Moves dead records back to pending, available now, attempts reset, last
@@ -196,9 +224,9 @@ ORDER BY published_at LIMIT :limit"
     }
 }
 
-pub(super) async fn stats(store: &SeaOrmStore, now: DateTime<Utc>) -> Result<OutboxStats, Error> {
-    let statement = render(
-        store.backend(),
+fn stats_statement(backend: DbBackend, now: DateTime<Utc>) -> Statement {
+    render(
+        backend,
         // One count per status, each through that status's index, rather
         // than one scan of the whole table.
         "SELECT
@@ -208,7 +236,11 @@ pub(super) async fn stats(store: &SeaOrmStore, now: DateTime<Utc>) -> Result<Out
   (SELECT COUNT(*) FROM outbox WHERE status = 'dead') AS dead,
   (SELECT MIN(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending_at",
         &[("now", Param::one(now))],
-    );
+    )
+}
+
+pub(super) async fn stats(store: &SeaOrmStore, now: DateTime<Utc>) -> Result<OutboxStats, Error> {
+    let statement = stats_statement(store.backend(), now);
     let row = match store.connection().query_one_raw(statement).await {
         Ok(row) => row,
         Err(error) => return Err(store.fail("count outbox records", error).await),
@@ -232,4 +264,29 @@ pub(super) async fn stats(store: &SeaOrmStore, now: DateTime<Utc>) -> Result<Out
         Ok(stats) => Ok(stats),
         Err(error) => Err(store.fail("count outbox records", error).await),
     }
+}
+
+/// The operators' statements whose plans matter, for `EXPLAIN`.
+pub(super) fn statements(backend: DbBackend, now: DateTime<Utc>) -> Vec<(&'static str, Statement)> {
+    let list = list_dead_statement(backend, 0, 100);
+    let mut requeue_all = Query::update();
+    requeue_all
+        .table(Entity)
+        .value(Column::Status, Status::Pending.as_str())
+        .and_where(Column::Status.eq(Status::Dead.as_str()));
+    vec![
+        ("list dead", list),
+        ("requeue all", backend.build(&requeue_all)),
+        (
+            "keys of dead records",
+            render(
+                backend,
+                "SELECT DISTINCT partition_key FROM outbox
+WHERE status = 'dead' AND partition_key IS NOT NULL",
+                &[],
+            ),
+        ),
+        ("stats", stats_statement(backend, now)),
+        ("delete idle keys", keys::delete_idle(backend, 1000)),
+    ]
 }

@@ -168,7 +168,7 @@ fn unkeyed(backend: DbBackend, now: DateTime<Utc>, limit: usize) -> Statement {
         &format!(
             "SELECT {} FROM outbox o{}
 WHERE o.status = 'pending' AND o.partition_key IS NULL AND o.available_at <= :now
-ORDER BY o.available_at, o.id
+ORDER BY o.available_at
 LIMIT :limit{}",
             columns("o"),
             index_hint(backend, "idx_outbox_keyless"),

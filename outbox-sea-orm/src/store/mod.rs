@@ -23,6 +23,27 @@ use sea_orm::{
 
 pub use claim::claim_statements;
 
+/// Every statement whose plan matters, by name, as the store runs it on
+/// `backend` at `now`: the claim's three reads, the refresh of keys, and
+/// the operators' dead-letter, purge and count statements. For `EXPLAIN`
+/// in tests and by operators; not a stable API.
+#[doc(hidden)]
+pub fn explained_statements(
+    backend: DbBackend,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, Statement)> {
+    let [ready, records, unkeyed] = claim_statements(backend, now, 500);
+    let keys = ["k1".to_owned(), "k2".to_owned()];
+    let mut statements = vec![
+        ("claim: ready keys", ready),
+        ("claim: first records of keys", records),
+        ("claim: unkeyed records", unkeyed),
+        ("refresh keys", crate::keys::refresh(backend, &keys)),
+    ];
+    statements.extend(admin::statements(backend, now));
+    statements
+}
+
 use crate::entity::Entity;
 use crate::error::{Error, fail};
 
