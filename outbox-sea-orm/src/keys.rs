@@ -63,7 +63,8 @@ pub(crate) fn upsert(
     insert
 }
 
-/// Sets each key's `next_at` to its first pending record's `available_at`
+/// Sets each key's `next_at` to when its first pending record can be
+/// claimed: its `available_at`, or the end of its lease if that is later
 /// (none when it has no pending record left: the key is idle). Keys held
 /// by a dead record are left alone.
 ///
@@ -82,7 +83,8 @@ pub(crate) fn refresh(backend: DbBackend, keys: &[String]) -> Statement {
         backend,
         &format!(
             "UPDATE outbox_keys SET next_at = (
-  SELECT o.available_at FROM outbox o{hint}
+  SELECT CASE WHEN o.locked_until > o.available_at THEN o.locked_until ELSE o.available_at END
+  FROM outbox o{hint}
   WHERE o.partition_key = outbox_keys.partition_key AND o.status = 'pending'
   ORDER BY o.id LIMIT 1)
 WHERE partition_key IN (:keys) AND held_by IS NULL"
@@ -106,6 +108,25 @@ pub(crate) fn delete_idle(backend: DbBackend, limit: i64) -> Statement {
         }
     };
     render(backend, template, &[("limit", Param::one(limit))])
+}
+
+/// Sets the `next_at` of keys whose first records a claim just leased to
+/// the lease's end (their refresh, known without reading the records).
+/// Keys held by a dead record are left alone.
+pub(crate) fn lease<'k>(
+    backend: DbBackend,
+    keys: impl Iterator<Item = &'k str>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> Statement {
+    render(
+        backend,
+        "UPDATE outbox_keys SET next_at = :until
+WHERE partition_key IN (:keys) AND held_by IS NULL",
+        &[
+            ("until", Param::one(until)),
+            ("keys", Param::list(keys.map(str::to_owned))),
+        ],
+    )
 }
 
 /// Makes the dead record `id` hold its key (it must be dead already).
