@@ -281,3 +281,64 @@ async fn a_broker_that_is_down_loses_nothing_and_marks_nothing_published() {
     ]);
     assert_eq!(consumed, expected);
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
+#[outbox(topic = "e2e.not-created", key = account)]
+struct Misrouted {
+    account: String,
+}
+
+/// One record to a topic the broker does not have (librdkafka holds it
+/// until `message.timeout.ms`) does not hold up the marking of the
+/// healthy records of the same batch: they are marked published while it
+/// is still in flight, and only its own key waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_to_a_missing_topic_does_not_hold_up_the_rest_of_its_batch() {
+    let (_guard, db) = TempDb::open().await;
+    let store = SeaOrmStore::new(db.clone());
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("e2e.accounts", 1, 1).unwrap();
+    let mut events: Vec<Box<dyn OutboxEvent>> = vec![Box::new(Misrouted {
+        account: "lost".to_owned(),
+    })];
+    events.extend((0..20).map(|seq| event(seq % 5, seq)));
+    outbox_sea_orm::enqueue_all(&db, &events).await.unwrap();
+
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("message.timeout.ms", "6000");
+    let relay = std::sync::Arc::new(
+        Relay::builder(store.clone(), KafkaSink::new(config).unwrap())
+            .batch_size(100)
+            .build()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let batch = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run_once().await }
+    });
+    while store.stats(chrono::Utc::now()).await.unwrap().published < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the healthy records were not marked while the missing topic's record waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let marked_after = started.elapsed();
+    assert!(
+        !batch.is_finished(),
+        "the missing topic's record is still in flight"
+    );
+    let report = batch.await.unwrap().unwrap();
+    eprintln!(
+        "healthy records marked after {marked_after:?}; the batch ended after {:?}: {report:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (report.claimed, report.published, report.retried),
+        (21, 20, 1)
+    );
+    assert_eq!(store.stats(chrono::Utc::now()).await.unwrap().dead, 0);
+}

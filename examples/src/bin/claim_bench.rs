@@ -356,7 +356,9 @@ async fn main() {
             }
             .await;
             drop(db);
-            drop_db();
+            if std::env::var("CLAIM_BENCH_KEEP").is_err() {
+                drop_db();
+            }
             let ((full_p50, full_p99), (empty_p50, empty_p99)) = match result {
                 Ok(figures) => figures,
                 Err(error) => {

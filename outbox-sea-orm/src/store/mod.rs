@@ -32,11 +32,12 @@ pub fn explained_statements(
     backend: DbBackend,
     now: DateTime<Utc>,
 ) -> Vec<(&'static str, Statement)> {
-    let [ready, records, unkeyed] = claim_statements(backend, now, 500);
+    let [ready, records, heads, unkeyed] = claim_statements(backend, now, 500);
     let keys = ["k1".to_owned(), "k2".to_owned()];
     let mut statements = vec![
         ("claim: ready keys", ready),
         ("claim: first records of keys", records),
+        ("claim: first record of each key", heads),
         ("claim: unkeyed records", unkeyed),
         ("refresh keys", crate::keys::refresh(backend, &keys)),
     ];
