@@ -7,12 +7,15 @@
 //!   topic, key, type and schema version.
 //! - [`NewRecord`] and [`OutboxRecord`]: an event on its way in and as
 //!   stored.
-//! - [`OutboxStore`] (claim, mark, retry, dead letters) and
-//!   [`OutboxAdmin`] (list and requeue dead records, purge, stats): what a
+//! - [`OutboxStore`] (enqueue, claim, [`Settlement`]) and [`OutboxAdmin`]
+//!   (list, requeue and discard dead records, purge, stats): what a
 //!   database adapter implements (`outbox-sea-orm`).
 //! - [`Sink`]: what a transport implements (`outbox-kafka`).
-//! - [`Relay`]: claims batches under a lease, publishes them, retries with
-//!   [`ExponentialBackoff`] under a [`RetryPolicy`], keeps per-key order.
+//! - [`Relay`]: claims batches under a lease, publishes them, settles each
+//!   record as soon as its outcome is known, retries with
+//!   [`ExponentialBackoff`] (forever unless a [`RetryPolicy`] limits it),
+//!   keeps per-key order ([`DeadKeyPolicy`]), and never stops on an error
+//!   short of shutdown.
 //! - [`InMemoryStore`] and [`InMemorySink`]: for your tests.
 //!
 //! ```
@@ -46,7 +49,8 @@
 //! `outbox_retried_total`, `outbox_dead_total`, `outbox_released_total`,
 //! `outbox_batch_errors_total`; histograms `outbox_batch_seconds` and
 //! `outbox_publish_lag_seconds`, enqueue to delivery), and keeps a
-//! [`RelayStatus`] for health checks. [`OutboxAdmin::stats`] gives the
+//! [`RelayStatus`] for health checks (last success, failures in a row,
+//! last error). [`OutboxAdmin::stats`] gives the
 //! backlog and the age of the oldest pending record.
 //!
 //! # Feature flags

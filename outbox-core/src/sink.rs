@@ -157,24 +157,8 @@ mod tests {
     }
 
     fn records(n: i64) -> Vec<OutboxRecord> {
-        let now = chrono::Utc::now();
         (1..=n)
-            .map(|id| {
-                OutboxRecord::from_new(
-                    id,
-                    crate::NewRecord {
-                        event_id: uuid::Uuid::now_v7(),
-                        topic: "t".into(),
-                        key: None,
-                        event_type: "E".into(),
-                        schema_version: 1,
-                        payload: "{}".into(),
-                        headers: Default::default(),
-                        created_at: now,
-                        available_at: now,
-                    },
-                )
-            })
+            .map(|id| OutboxRecord::from_new(id, crate::testkit::record(None, id as u32)))
             .collect()
     }
 

@@ -12,8 +12,8 @@
 //!   your own.
 //! - [`Error`] says what failed and whether retrying can help.
 //!
-//! The table comes from the `migration` crate (package `outbox-migration`):
-//! add `migration::Migration` to your `Migrator`, or run
+//! The tables come from the `migration` crate (package `outbox-migration`):
+//! add `migration::migrations()` to your `Migrator`, or run
 //! `migration::Migrator`.
 //!
 //! ```no_run
@@ -57,16 +57,27 @@
 //!
 //! # Ordering and concurrency
 //!
-//! Relays claim records in `id` order under a lease. A record is claimed
-//! only together with, or after, every earlier pending record of its key,
-//! so each key is published in enqueue order, while records of other keys
-//! flow. On PostgreSQL and MySQL/MariaDB, claimers running at once lock
-//! disjoint rows (`FOR UPDATE SKIP LOCKED`); SQLite has one writer.
+//! Events of one key are published in the commit order of the transactions
+//! that enqueued them: [`enqueue`] locks the key (its row in
+//! `outbox_keys`) before writing, until the caller's transaction ends, so
+//! a second transaction enqueueing for the key waits for the first, and
+//! ids of one key follow commit order. Enqueue inside the business
+//! transaction; transactions that enqueue for several keys in opposite
+//! orders may deadlock (the database aborts one: retry it).
 //!
-//! "Enqueue order" is `id` order. Two transactions that enqueue events of
-//! one key at the same time may commit in the other order than their ids;
-//! serialize such writers (lock the business row first, as an update of it
-//! does) when their order matters.
+//! A claim reads the keys whose first pending record can be claimed
+//! (`outbox_keys.next_at` reached, through an index), never the records
+//! waiting behind a blocked key, and takes a run of first records of each,
+//! shared fairly between the keys, plus available unkeyed records. On
+//! PostgreSQL and MySQL/MariaDB, claimers running at once lock disjoint
+//! keys (`FOR UPDATE SKIP LOCKED`); SQLite has one writer. Leases, backoff
+//! and delays follow the database's clock. A transaction that loses a
+//! deadlock to another is run again.
+//!
+//! # Feature flags (for tests)
+//!
+//! - `testkit`: `SeaOrmStore` implements `outbox_core::testkit::TestStore`,
+//!   to run the store conformance suite, which moves the store's clock.
 
 mod clock;
 mod enqueue;

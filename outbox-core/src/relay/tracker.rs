@@ -125,25 +125,12 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NewRecord;
 
     fn records(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
         keys.iter()
             .enumerate()
             .map(|(i, key)| {
-                let now = chrono::Utc::now();
-                let new = NewRecord {
-                    event_id: uuid::Uuid::now_v7(),
-                    topic: "t".to_owned(),
-                    key: key.map(str::to_owned),
-                    event_type: "T".to_owned(),
-                    schema_version: 1,
-                    payload: format!("{{\"n\":{i}}}"),
-                    headers: Default::default(),
-                    created_at: now,
-                    available_at: now,
-                };
-                OutboxRecord::from_new(i as i64 + 1, new)
+                OutboxRecord::from_new(i as i64 + 1, crate::testkit::record(*key, i as u32))
             })
             .collect()
     }

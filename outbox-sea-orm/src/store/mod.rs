@@ -56,8 +56,8 @@ use crate::error::{Error, fail};
 /// operators, with the same behaviour as `outbox_core::InMemoryStore` (both
 /// pass the store conformance suite). Clones share the connection pool.
 ///
-/// The table comes from the `migration` crate (`outbox-migration`).
-/// [`connect`](SeaOrmStore::connect) checks that it exists; with
+/// The tables come from the `migration` crate (`outbox-migration`).
+/// [`connect`](SeaOrmStore::connect) checks that they exist; with
 /// [`new`](SeaOrmStore::new), call [`check`](SeaOrmStore::check) at
 /// start-up, or the first operation reports [`Error::MissingTable`].
 ///
