@@ -307,6 +307,7 @@ async fn a_record_to_a_missing_topic_does_not_hold_up_the_rest_of_its_batch() {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("allow.auto.create.topics", "false")
         .set("message.timeout.ms", "6000");
     let relay = std::sync::Arc::new(
         Relay::builder(store.clone(), KafkaSink::new(config).unwrap())
