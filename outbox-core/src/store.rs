@@ -212,7 +212,9 @@ pub trait OutboxAdmin: Send + Sync {
 
     /// Deletes published records published before `before`, `batch_size`
     /// rows per statement (so no statement holds many locks), until none is
-    /// left; returns how many.
+    /// left; returns how many. Stores may do other housekeeping here (the
+    /// SQL store deletes idle keys and registers the keys of records that
+    /// another client inserted without one).
     async fn purge_published(
         &self,
         before: DateTime<Utc>,

@@ -102,9 +102,12 @@ pub(crate) fn delete_idle(backend: DbBackend, limit: i64) -> Statement {
         DbBackend::MySql => {
             "DELETE FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL LIMIT :limit"
         }
+        // The outer condition again: PostgreSQL re-checks it on the row a
+        // writer just changed, where the subquery's answer is from before.
         _ => {
             "DELETE FROM outbox_keys WHERE partition_key IN (
-  SELECT partition_key FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL LIMIT :limit)"
+  SELECT partition_key FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL LIMIT :limit)
+AND next_at IS NULL AND held_by IS NULL"
         }
     };
     render(backend, template, &[("limit", Param::one(limit))])
@@ -127,6 +130,42 @@ WHERE partition_key IN (:keys) AND held_by IS NULL",
             ("keys", Param::list(keys.map(str::to_owned))),
         ],
     )
+}
+
+/// Registers the keys of pending records that have no claimable key row:
+/// records inserted into `outbox` by another client (not through
+/// `enqueue`), whose keys the claim would otherwise never read. They get a
+/// `next_at` of `now`; the next claim that reads them sets the right one.
+/// Reads every pending record: for housekeeping, not for the hot path.
+pub(crate) fn repair(backend: DbBackend, now: chrono::DateTime<chrono::Utc>) -> [Statement; 2] {
+    let insert = match backend {
+        DbBackend::MySql => "INSERT IGNORE INTO outbox_keys (partition_key, next_at)",
+        _ => "INSERT INTO outbox_keys (partition_key, next_at)",
+    };
+    let conflict = match backend {
+        DbBackend::MySql => "",
+        _ => "\nON CONFLICT (partition_key) DO NOTHING",
+    };
+    [
+        render(
+            backend,
+            &format!(
+                "{insert}
+SELECT DISTINCT o.partition_key, :now FROM outbox o
+WHERE o.status = 'pending' AND o.partition_key IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox_keys k WHERE k.partition_key = o.partition_key){conflict}"
+            ),
+            &[("now", Param::one(now))],
+        ),
+        render(
+            backend,
+            "UPDATE outbox_keys SET next_at = :now
+WHERE next_at IS NULL AND held_by IS NULL AND EXISTS (
+  SELECT 1 FROM outbox o
+  WHERE o.partition_key = outbox_keys.partition_key AND o.status = 'pending')",
+            &[("now", Param::one(now))],
+        ),
+    ]
 }
 
 /// Makes the dead record `id` hold its key (it must be dead already).

@@ -495,3 +495,82 @@ async fn an_empty_key_is_refused_at_enqueue(db: TestDb) {
 }
 
 on!(an_empty_key_is_refused_at_enqueue: Postgres, MySql, SqliteFile);
+
+// --- Housekeeping racing writers ------------------------------------------
+
+/// Purging idle keys while a writer enqueues for one of them (its upsert
+/// made the key busy, not yet committed) leaves that key in place: the
+/// record is claimed.
+async fn purging_idle_keys_spares_a_key_a_writer_is_enqueueing_for(db: TestDb) {
+    let store = db.store();
+    let sink = InMemorySink::new();
+    let relay = relay(&store, sink.clone());
+    enqueue(&db.db, &step("k", 1)).await.unwrap();
+    run_until(&relay, "the first record", || sink.delivered().len() == 1).await;
+    // k is idle now. A writer enqueues for it and holds its transaction.
+    let writer = db.db.begin().await.unwrap();
+    enqueue(&writer, &step("k", 2)).await.unwrap();
+    let purge = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .purge_published(Utc::now() + TimeDelta::hours(1), 100)
+                .await
+        }
+    });
+    // The purge waits for the writer's lock on k; then the writer commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.commit().await.unwrap();
+    assert_eq!(purge.await.unwrap().unwrap(), 1, "the published record");
+    run_until(&relay, "the record enqueued during the purge", || {
+        sink.delivered().len() == 2
+    })
+    .await;
+    assert_eq!(steps_by_key(&sink)["k"], vec![1, 2]);
+}
+
+on!(purging_idle_keys_spares_a_key_a_writer_is_enqueueing_for: Postgres, MySql, SqliteFile);
+
+/// A record another client inserted into `outbox` directly (not through
+/// `enqueue`, so with no key row) is picked up once housekeeping runs.
+async fn housekeeping_registers_the_key_of_a_record_inserted_by_another_client(db: TestDb) {
+    let store = db.store();
+    let sink = InMemorySink::new();
+    let relay = relay(&store, sink.clone());
+    enqueue(&db.db, &step("k", 1)).await.unwrap();
+    // Another client copies the row as a new event of a new key.
+    let copy = "INSERT INTO outbox (event_id, topic, partition_key, event_type, schema_version, \
+                payload, headers, status, attempts, available_at, created_at, updated_at) \
+                SELECT event_id, topic, 'foreign', event_type, schema_version, \
+                REPLACE(payload, '\"k\"', '\"foreign\"'), headers, status, attempts, \
+                available_at, created_at, updated_at FROM outbox";
+    let copy = match db.db_backend() {
+        sea_orm::DbBackend::Postgres => {
+            copy.replace("SELECT event_id,", "SELECT gen_random_uuid(),")
+        }
+        sea_orm::DbBackend::MySql => copy.replace(
+            "SELECT event_id,",
+            "SELECT UNHEX(REPLACE(UUID(), '-', '')),",
+        ),
+        _ => copy.replace("SELECT event_id,", "SELECT randomblob(16),"),
+    };
+    db.exec(&copy).await;
+    run_until(&relay, "the enqueued record", || {
+        sink.delivered().len() == 1
+    })
+    .await;
+    relay.run_once().await.unwrap();
+    assert_eq!(
+        sink.delivered().len(),
+        1,
+        "the foreign record has no key row yet"
+    );
+    store
+        .purge_published(Utc::now() - TimeDelta::hours(1), 100)
+        .await
+        .unwrap();
+    run_until(&relay, "the foreign record", || sink.delivered().len() == 2).await;
+    assert_eq!(steps_by_key(&sink)["foreign"], vec![1]);
+}
+
+on!(housekeeping_registers_the_key_of_a_record_inserted_by_another_client: Postgres, MySql, SqliteFile);

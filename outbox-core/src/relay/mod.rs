@@ -223,7 +223,8 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                             relay = %self.relay_id,
                             missing,
                             "the sink returned without an outcome for every record; those \
-                             records are released (a Sink reports exactly one outcome per record)"
+                             records count as retriable failures (a Sink reports exactly one \
+                             outcome per record)"
                         );
                     }
                 }

@@ -168,7 +168,9 @@ pub(super) async fn discard(store: &SeaOrmStore, id: i64) -> Result<bool, Error>
 /// Deletes published records published before `before`, `batch_size` per
 /// statement, each statement its own transaction, oldest first (the order
 /// of the published index, so no sort); then the keys left idle, in
-/// batches of the same size.
+/// batches of the same size; then registers the keys of pending records
+/// that another client inserted into the table without one (a scan of the
+/// pending records).
 pub(super) async fn purge_published(
     store: &SeaOrmStore,
     before: DateTime<Utc>,
@@ -219,9 +221,23 @@ ORDER BY published_at LIMIT :limit"
             })
             .await?;
         if deleted < limit as u64 {
-            return Ok(total);
+            break;
         }
     }
+    // Keys of pending records that another client inserted without one.
+    let offset = store.clock_offset();
+    store
+        .retrying(|| {
+            store.transaction("register the keys of pending outbox records", async |txn| {
+                let now = crate::clock::now(txn, offset).await?;
+                for statement in keys::repair(txn.get_database_backend(), now) {
+                    txn.execute_raw(statement).await?;
+                }
+                Ok::<_, TxError>(())
+            })
+        })
+        .await?;
+    Ok(total)
 }
 
 fn stats_statement(backend: DbBackend, now: DateTime<Utc>) -> Statement {
