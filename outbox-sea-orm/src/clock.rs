@@ -38,3 +38,19 @@ pub(crate) fn after(backend: DbBackend, after: TimeDelta) -> SimpleExpr {
         _ => (Utc::now() + after).into(),
     }
 }
+
+/// `at + delay`, at most the last second of year 9999: MySQL's `datetime`
+/// ends there, and SQLite compares times as text, where a year past 9999
+/// sorts before ours.
+pub(crate) fn later(at: DateTime<Utc>, delay: std::time::Duration) -> DateTime<Utc> {
+    let end = DateTime::<Utc>::from_naive_utc_and_offset(
+        chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|day| day.and_hms_opt(23, 59, 59))
+            .expect("a valid date"),
+        Utc,
+    );
+    TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delay| at.checked_add_signed(delay))
+        .map_or(end, |t| t.min(end))
+}

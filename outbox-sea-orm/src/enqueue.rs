@@ -45,9 +45,11 @@ pub(crate) const BYTES_PER_INSERT: usize = 1 << 20;
 /// key waits at its `enqueue` until the first commits or rolls back.
 /// Transactions that enqueue for several keys in different orders can
 /// deadlock like any two that lock rows; the database aborts one of them
-/// (retry it). Outside a transaction, each call commits on its own, and
-/// calls racing for one key on MySQL/MariaDB may still commit out of id
-/// order: enqueue inside the business transaction, as intended.
+/// (retry it). Given a pool rather than a transaction, `enqueue` writes in
+/// a transaction of its own. On PostgreSQL, a business transaction at
+/// `REPEATABLE READ` or `SERIALIZABLE` may fail with a serialization error
+/// (40001) when a relay changed the key's row after its snapshot: retry
+/// it, or enqueue at `READ COMMITTED` (the default).
 ///
 /// The record's availability (`available_at`) is stamped with the
 /// database's clock, so a writer whose clock is off does not delay or
@@ -70,7 +72,10 @@ pub(crate) const BYTES_PER_INSERT: usize = 1 << 20;
 /// # Ok(())
 /// # }
 /// ```
-pub async fn enqueue(db: &impl ConnectionTrait, event: &dyn OutboxEvent) -> Result<Uuid, Error> {
+pub async fn enqueue<C: ConnectionTrait + 'static>(
+    db: &C,
+    event: &dyn OutboxEvent,
+) -> Result<Uuid, Error> {
     let record = NewRecord::from_event(event).map_err(Error::Event)?;
     let id = record.event_id;
     enqueue_records(db, std::slice::from_ref(&record)).await?;
@@ -111,8 +116,9 @@ pub async fn enqueue(db: &impl ConnectionTrait, event: &dyn OutboxEvent) -> Resu
 /// # Ok(())
 /// # }
 /// ```
-pub async fn enqueue_all<I, M>(db: &impl ConnectionTrait, events: I) -> Result<Vec<Uuid>, Error>
+pub async fn enqueue_all<C, I, M>(db: &C, events: I) -> Result<Vec<Uuid>, Error>
 where
+    C: ConnectionTrait + 'static,
     I: IntoIterator,
     I::Item: AsEvent<M>,
 {
@@ -128,11 +134,41 @@ where
 /// Writes records built beforehand (with [`NewRecord::from_event`], a
 /// delay, extra headers) with one multi-row `INSERT` per 2,000 records or
 /// 1 MiB, after locking their keys as [`enqueue`] does.
-pub async fn enqueue_records(
-    db: &impl ConnectionTrait,
+pub async fn enqueue_records<C: ConnectionTrait + 'static>(
+    db: &C,
     records: &[NewRecord],
 ) -> Result<(), Error> {
-    write(db, records, TimeDelta::zero()).await
+    // On a pool (no transaction of the caller's), in a transaction of its
+    // own: a key's row must not say "ready" before its record commits, or
+    // a claim in between finds no record and marks the key idle.
+    let Some(pool) = (db as &dyn std::any::Any).downcast_ref::<sea_orm::DatabaseConnection>()
+    else {
+        return write(db, records, TimeDelta::zero(), db).await;
+    };
+    let txn = match sea_orm::TransactionTrait::begin(pool).await {
+        Ok(txn) => txn,
+        Err(error) => return Err(fail(pool, "begin a transaction for the outbox", error).await),
+    };
+    match write(&txn, records, TimeDelta::zero(), &txn).await {
+        Ok(()) => {}
+        // Looked into again on the pool, once the transaction (aborted on
+        // PostgreSQL, holding the only connection of an in-memory SQLite)
+        // is rolled back.
+        Err(Error::Database { operation, source }) => {
+            drop(txn);
+            return Err(fail(pool, operation, source.into_inner()).await);
+        }
+        Err(Error::MissingTable { database: None }) => {
+            drop(txn);
+            let database = crate::error::database_name(pool).await.ok().flatten();
+            return Err(Error::MissingTable { database });
+        }
+        Err(error) => return Err(error),
+    }
+    match txn.commit().await {
+        Ok(()) => Ok(()),
+        Err(error) => Err(fail(pool, "commit events to the outbox", error).await),
+    }
 }
 
 /// [`enqueue_records`] with the store's clock `offset` (tests move it).
@@ -140,6 +176,7 @@ pub(crate) async fn write(
     db: &impl ConnectionTrait,
     records: &[NewRecord],
     offset: TimeDelta,
+    diagnose: &impl ConnectionTrait,
 ) -> Result<(), Error> {
     for record in records {
         check(record)?;
@@ -148,7 +185,7 @@ pub(crate) async fn write(
         return Ok(());
     }
     let backend = db.get_database_backend();
-    check_packet_size(db, records).await?;
+    check_packet_size(db, records, diagnose).await?;
     let now = Utc::now();
     // When each record becomes available, on the database's clock: its
     // delay (if any) counted from the insert.
@@ -174,13 +211,13 @@ pub(crate) async fn write(
                 .map(|(key, record)| ((*key).to_owned(), available(record))),
         );
         if let Err(error) = db.execute(&upsert).await {
-            return Err(fail(db, "lock the events' keys in outbox_keys", error).await);
+            return Err(fail(diagnose, "lock the events' keys in outbox_keys", error).await);
         }
     }
     for chunk in chunks(records) {
         let insert = insert_statement(chunk, &available)?;
         if let Err(error) = db.execute(&insert).await {
-            let error = fail(db, "write events to the outbox", error).await;
+            let error = fail(diagnose, "write events to the outbox", error).await;
             return Err(too_large(chunk, error));
         }
     }
@@ -217,7 +254,11 @@ fn size(record: &NewRecord) -> usize {
 /// `max_allowed_packet` before sending it: the server would drop the
 /// connection (or answer error 1153) and the same insert would fail again.
 /// Asked only when an event is larger than [`BYTES_PER_INSERT`].
-async fn check_packet_size(db: &impl ConnectionTrait, records: &[NewRecord]) -> Result<(), Error> {
+async fn check_packet_size(
+    db: &impl ConnectionTrait,
+    records: &[NewRecord],
+    diagnose: &impl ConnectionTrait,
+) -> Result<(), Error> {
     let Some(largest) = records
         .iter()
         .filter(|record| size(record) > BYTES_PER_INSERT)
@@ -241,7 +282,7 @@ async fn check_packet_size(db: &impl ConnectionTrait, records: &[NewRecord]) -> 
             })
             .unwrap_or(i64::MAX),
         Ok(None) => i64::MAX,
-        Err(error) => return Err(fail(db, "read max_allowed_packet", error).await),
+        Err(error) => return Err(fail(diagnose, "read max_allowed_packet", error).await),
     };
     // The statement around the event takes a few kilobytes more.
     let needed = size(largest) as i64 + 16 * 1024;

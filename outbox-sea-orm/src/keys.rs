@@ -168,12 +168,13 @@ WHERE next_at IS NULL AND held_by IS NULL AND EXISTS (
     ]
 }
 
-/// Makes the dead record `id` hold its key (it must be dead already).
+/// Makes the dead record `id` hold its key (it must be dead already),
+/// unless an earlier dead record holds it: the earliest holds.
 pub(crate) fn hold(backend: DbBackend, id: i64) -> Statement {
     render(
         backend,
         "UPDATE outbox_keys SET held_by = :id, next_at = NULL
-WHERE held_by IS NULL AND partition_key = (
+WHERE (held_by IS NULL OR held_by > :id) AND partition_key = (
   SELECT o.partition_key FROM outbox o WHERE o.id = :id AND o.status = 'dead')",
         &[("id", Param::one(id))],
     )

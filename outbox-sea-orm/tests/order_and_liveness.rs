@@ -574,3 +574,39 @@ async fn housekeeping_registers_the_key_of_a_record_inserted_by_another_client(d
 }
 
 on!(housekeeping_registers_the_key_of_a_record_inserted_by_another_client: Postgres, MySql, SqliteFile);
+
+/// An unreadable row behind a claimed record of its key is not set aside
+/// in that claim: if the earlier record then fails, it is retried (the
+/// dead row does not hold the key against it), and the unreadable row is
+/// set aside once it heads its key.
+async fn an_unreadable_row_is_set_aside_only_as_the_head_of_its_key(db: TestDb) {
+    let store = db.store();
+    let sink = InMemorySink::new();
+    enqueue_all(&db.db, [&step("k", 0), &step("k", 1)])
+        .await
+        .unwrap();
+    db.exec("UPDATE outbox SET headers = 'not json' WHERE id = (SELECT MAX(id) FROM (SELECT id FROM outbox) t)")
+        .await;
+    sink.fail_next(1, FailureKind::Retriable);
+    let relay = relay(&store, sink.clone());
+    relay.run_once().await.unwrap();
+    assert_eq!(store.stats(Utc::now()).await.unwrap().dead, 0);
+    store.advance_clock(Duration::from_secs(60));
+    run_until(&relay, "k's first record, retried", || {
+        sink.delivered().len() == 1
+    })
+    .await;
+    relay.run_once().await.unwrap();
+    let dead = store.list_dead(None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("headers")
+    );
+    assert_eq!(steps_by_key(&sink)["k"], vec![0]);
+}
+
+on!(an_unreadable_row_is_set_aside_only_as_the_head_of_its_key: Postgres, MySql, SqliteFile);

@@ -66,38 +66,38 @@ ORDER BY id LIMIT :limit"
 
 /// Moves dead records back to pending, available now, attempts reset, last
 /// error kept, and frees the keys they held: one record, or all of them.
+/// It reads the dead records first and changes exactly those, so a record
+/// that dies meanwhile (and may hold its key) is left for the next call.
 pub(super) async fn requeue(store: &SeaOrmStore, id: Option<i64>) -> Result<u64, Error> {
     let offset = store.clock_offset();
     store
         .retrying(|| {
             store.transaction("requeue dead outbox records", async |txn| {
                 let now = crate::clock::now(txn, offset).await?;
-                let mut keys = dead_keys(txn, id).await?;
+                let dead = dead_records(txn, id).await?;
+                let ids: Vec<i64> = dead.iter().map(|(id, _)| *id).collect();
+                let mut keys: Vec<String> = dead.into_iter().filter_map(|(_, key)| key).collect();
                 settle::upsert_keys(txn, &mut keys, now).await?;
-                let mut update = Query::update();
-                update
-                    .table(Entity)
-                    .value(Column::Status, Status::Pending.as_str())
-                    .value(Column::Attempts, 0)
-                    .value(Column::AvailableAt, now)
-                    .value(Column::LockedBy, Value::String(None))
-                    .value(Column::LockedUntil, Value::ChronoDateTimeUtc(None))
-                    .value(Column::UpdatedAt, now)
-                    .and_where(Column::Status.eq(Status::Dead.as_str()));
-                let mut free = Query::update();
-                free.table(Alias::new(keys::TABLE))
-                    .value(Alias::new("held_by"), Value::BigInt(None));
-                match id {
-                    Some(id) => {
-                        update.and_where(Column::Id.eq(id));
-                        free.and_where(Expr::col(Alias::new("held_by")).eq(id));
-                    }
-                    None => {
-                        free.and_where(Expr::col(Alias::new("held_by")).is_not_null());
-                    }
+                let mut requeued = 0;
+                for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                    let mut update = Query::update();
+                    update
+                        .table(Entity)
+                        .value(Column::Status, Status::Pending.as_str())
+                        .value(Column::Attempts, 0)
+                        .value(Column::AvailableAt, now)
+                        .value(Column::LockedBy, Value::String(None))
+                        .value(Column::LockedUntil, Value::ChronoDateTimeUtc(None))
+                        .value(Column::UpdatedAt, now)
+                        .and_where(Column::Status.eq(Status::Dead.as_str()))
+                        .and_where(Column::Id.is_in(chunk.iter().copied()));
+                    requeued += txn.execute(&update).await?.rows_affected();
+                    let mut free = Query::update();
+                    free.table(Alias::new(keys::TABLE))
+                        .value(Alias::new("held_by"), Value::BigInt(None))
+                        .and_where(Expr::col(Alias::new("held_by")).is_in(chunk.iter().copied()));
+                    txn.execute(&free).await?;
                 }
-                let requeued = txn.execute(&update).await?.rows_affected();
-                txn.execute(&free).await?;
                 settle::refresh(txn, &keys).await?;
                 Ok::<_, TxError>(requeued)
             })
@@ -105,28 +105,41 @@ pub(super) async fn requeue(store: &SeaOrmStore, id: Option<i64>) -> Result<u64,
         .await
 }
 
-/// The keys of the dead record `id`, or of every dead record.
-async fn dead_keys(txn: &DatabaseTransaction, id: Option<i64>) -> Result<Vec<String>, TxError> {
+/// Ids per statement of a requeue.
+const IDS_PER_STATEMENT: usize = 10_000;
+
+/// The dead record `id` (or every dead record), with its key.
+async fn dead_records(
+    txn: &DatabaseTransaction,
+    id: Option<i64>,
+) -> Result<Vec<(i64, Option<String>)>, TxError> {
     let backend = txn.get_database_backend();
     let statement = match id {
         Some(id) => render(
             backend,
-            "SELECT partition_key FROM outbox
-WHERE id = :id AND status = 'dead' AND partition_key IS NOT NULL",
+            "SELECT id, partition_key FROM outbox WHERE id = :id AND status = 'dead'",
             &[("id", Param::one(id))],
         ),
         None => render(
             backend,
-            "SELECT DISTINCT partition_key FROM outbox
-WHERE status = 'dead' AND partition_key IS NOT NULL",
+            "SELECT id, partition_key FROM outbox WHERE status = 'dead'",
             &[],
         ),
     };
     txn.query_all_raw(statement)
         .await?
         .iter()
-        .map(|row| Ok(row.try_get("", "partition_key")?))
+        .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "partition_key")?)))
         .collect()
+}
+
+/// The keys of the dead record `id`, or of every dead record.
+async fn dead_keys(txn: &DatabaseTransaction, id: Option<i64>) -> Result<Vec<String>, TxError> {
+    Ok(dead_records(txn, id)
+        .await?
+        .into_iter()
+        .filter_map(|(_, key)| key)
+        .collect())
 }
 
 /// Frees the key held by the dead record `id` and notes the discard in its

@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use outbox_core::{ClaimRequest, OutboxRecord, Status};
 use sea_orm::sea_query::Query;
 use sea_orm::{
@@ -51,6 +51,9 @@ use crate::sql::{Param, render};
 /// Keys per statement that reads their first records: SQLite allows at
 /// most 500 terms in a compound `SELECT`.
 const KEYS_PER_STATEMENT: usize = 200;
+/// Ids or keys per statement that leases or refreshes: far below every
+/// dialect's bound-parameter limit, whatever the batch size.
+const PER_STATEMENT: usize = 10_000;
 /// Rounds of reading keys' records: the first shares the batch evenly,
 /// the later ones give what is left to keys that have more.
 const ROUNDS: usize = 3;
@@ -335,6 +338,11 @@ pub(super) async fn claim(
                 let mut claimed = Vec::new();
                 let mut bad: Vec<(i64, Option<String>, String)> = Vec::new();
                 let mut stopped: HashSet<String> = HashSet::new();
+                // Keys with a record claimed here: a bad row after one is not
+                // their first pending record, so it waits (it is set aside once
+                // it heads its key) rather than hold the key against an earlier
+                // record that may yet fail.
+                let mut taken: HashSet<String> = HashSet::new();
                 for row in rows {
                     let (id, key, reason) = match row {
                         Row::Good(model) => {
@@ -348,6 +356,9 @@ pub(super) async fn claim(
                             let (id, key) = (model.id, model.partition_key.clone());
                             match OutboxRecord::try_from(*model) {
                                 Ok(record) => {
+                                    if let Some(key) = &record.key {
+                                        taken.insert(key.clone());
+                                    }
                                     claimed.push(record);
                                     continue;
                                 }
@@ -358,14 +369,14 @@ pub(super) async fn claim(
                     };
                     if let Some(key) = &key {
                         stopped.insert(key.clone());
+                        if taken.contains(key) {
+                            continue;
+                        }
                     }
                     bad.push((id, key, reason));
                 }
 
-                let until = TimeDelta::from_std(request.lease)
-                    .ok()
-                    .and_then(|lease| now.checked_add_signed(lease))
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let until = crate::clock::later(now, request.lease);
                 if !claimed.is_empty() {
                     lease(txn, request, now, until, &claimed).await?;
                 }
@@ -380,8 +391,9 @@ pub(super) async fn claim(
                     .iter()
                     .filter_map(|record| record.key.as_deref())
                     .collect();
-                if !leased.is_empty() {
-                    txn.execute_raw(keys::lease(backend, leased.iter().copied(), until))
+                let leased_keys: Vec<&str> = leased.iter().copied().collect();
+                for chunk in leased_keys.chunks(PER_STATEMENT) {
+                    txn.execute_raw(keys::lease(backend, chunk.iter().copied(), until))
                         .await?;
                 }
                 let stale: Vec<String> = keys
@@ -391,8 +403,8 @@ pub(super) async fn claim(
                     })
                     .cloned()
                     .collect();
-                if !stale.is_empty() {
-                    txn.execute_raw(keys::refresh(backend, &stale)).await?;
+                for chunk in stale.chunks(PER_STATEMENT) {
+                    txn.execute_raw(keys::refresh(backend, chunk)).await?;
                 }
                 if !bad.is_empty() {
                     tracing::error!(
@@ -480,21 +492,20 @@ async fn lease(
     let (keyed, unkeyed): (Vec<&OutboxRecord>, Vec<&OutboxRecord>) =
         claimed.iter().partition(|record| record.key.is_some());
     for (records, fold) in [(keyed, false), (unkeyed, true)] {
-        if records.is_empty() {
-            continue;
+        for records in records.chunks(PER_STATEMENT) {
+            let mut update = Query::update();
+            update
+                .table(Entity)
+                .value(Column::LockedBy, request.owner.as_str())
+                .value(Column::LockedUntil, until)
+                .value(Column::UpdatedAt, now)
+                .and_where(Column::Status.eq(Status::Pending.as_str()))
+                .and_where(Column::Id.is_in(records.iter().map(|record| record.id)));
+            if fold {
+                update.value(Column::AvailableAt, until);
+            }
+            txn.execute(&update).await?;
         }
-        let mut update = Query::update();
-        update
-            .table(Entity)
-            .value(Column::LockedBy, request.owner.as_str())
-            .value(Column::LockedUntil, until)
-            .value(Column::UpdatedAt, now)
-            .and_where(Column::Status.eq(Status::Pending.as_str()))
-            .and_where(Column::Id.is_in(records.iter().map(|record| record.id)));
-        if fold {
-            update.value(Column::AvailableAt, until);
-        }
-        txn.execute(&update).await?;
     }
     Ok(())
 }

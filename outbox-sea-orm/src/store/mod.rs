@@ -245,7 +245,7 @@ impl OutboxStore for SeaOrmStore {
         Ok(self
             .retrying(|| {
                 self.transaction("write events to the outbox", async |txn| {
-                    crate::enqueue::write(txn, records, offset).await?;
+                    crate::enqueue::write(txn, records, offset, &self.db).await?;
                     Ok::<_, TxError>(())
                 })
             })

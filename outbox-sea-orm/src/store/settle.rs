@@ -9,7 +9,7 @@
 //! `next_at` is again its first pending record's `available_at`: the end
 //! of a lease still running, a retry's time, or now for a released one.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use outbox_core::{Settlement, Status};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Query, UpdateStatement};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, Value};
@@ -68,13 +68,6 @@ fn failed_attempt(
     update
 }
 
-fn later(now: DateTime<Utc>, delay: std::time::Duration) -> DateTime<Utc> {
-    TimeDelta::from_std(delay)
-        .ok()
-        .and_then(|delay| now.checked_add_signed(delay))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// The row statements of a settlement at `now`.
 fn statements(owner: &str, now: DateTime<Utc>, settlement: &Settlement) -> Vec<UpdateStatement> {
     let mut statements = Vec::new();
@@ -94,7 +87,7 @@ fn statements(owner: &str, now: DateTime<Utc>, settlement: &Settlement) -> Vec<U
             )
             .value(
                 Column::AvailableAt,
-                case_by_id(chunk, |r| r.id, |r| later(now, r.delay)),
+                case_by_id(chunk, |r| r.id, |r| crate::clock::later(now, r.delay)),
             );
         statements.push(update);
     }
