@@ -23,10 +23,14 @@
 
 use std::time::{Duration, Instant};
 
+use bench_db::BenchDb;
 use migration::{Migrator, MigratorTrait};
 use outbox_core::{ClaimRequest, OutboxStore, Settlement};
 use outbox_sea_orm::SeaOrmStore;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
+
+#[path = "../bench_db.rs"]
+mod bench_db;
 
 const HEALTHY: u64 = 10_000;
 const HEALTHY_KEYS: u64 = 1_000;
@@ -97,72 +101,13 @@ fn args() -> Args {
         }
     }
     if urls.is_empty() {
-        urls = vec![
-            "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
-            "mysql://root@127.0.0.1:3306".to_owned(),
-            "sqlite".to_owned(),
-        ];
+        urls = bench_db::DEFAULT_URLS.map(str::to_owned).to_vec();
     }
     Args {
         urls,
         json,
         blocked,
     }
-}
-
-/// A fresh database on the server of `url`, and what drops it.
-async fn fresh(url: &str, name: &str) -> Result<(DatabaseConnection, Box<dyn FnOnce()>), String> {
-    if url == "sqlite" || url.starts_with("sqlite:") {
-        let dir = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let file = format!("sqlite://{}?mode=rwc", dir.join("outbox.db").display());
-        let db = connect(&file).await?;
-        return Ok((db, Box::new(move || drop(std::fs::remove_dir_all(dir)))));
-    }
-    let admin = connect(url).await?;
-    let (create, drop_sql) = match admin.get_database_backend() {
-        DbBackend::Postgres => (
-            format!("CREATE DATABASE \"{name}\""),
-            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        ),
-        _ => (
-            format!("CREATE DATABASE `{name}`"),
-            format!("DROP DATABASE IF EXISTS `{name}`"),
-        ),
-    };
-    admin
-        .execute_unprepared(&create)
-        .await
-        .map_err(|e| e.to_string())?;
-    // The server's URL with the new database as its path.
-    let (scheme, rest) = url.split_once("://").ok_or("a server URL has a scheme")?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let db = connect(&format!("{scheme}://{authority}/{name}")).await?;
-    let url = url.to_owned();
-    Ok((
-        db,
-        Box::new(move || {
-            let runtime = tokio::runtime::Handle::current();
-            std::thread::spawn(move || {
-                runtime.block_on(async move {
-                    if let Ok(admin) = connect(&url).await {
-                        let _ = admin.execute_unprepared(&drop_sql).await;
-                    }
-                })
-            })
-            .join()
-            .ok();
-        }),
-    ))
-}
-
-async fn connect(url: &str) -> Result<DatabaseConnection, String> {
-    let mut options = ConnectOptions::new(url);
-    options
-        .max_connections(4)
-        .connect_timeout(Duration::from_secs(5))
-        .sqlx_logging(std::env::var("SQLX_LOG").is_ok());
-    Database::connect(options).await.map_err(|e| e.to_string())
 }
 
 /// Inserts the backlog with the database's own row generator: `blocked`
@@ -329,19 +274,14 @@ async fn main() {
     for url in &args.urls {
         for layout in [Layout::HotKey, Layout::EveryHead] {
             let name = format!("outbox_bench_{}", std::process::id());
-            let (db, drop_db) = match fresh(url, &name).await {
+            let bench = match BenchDb::create(url, &name, 4).await {
                 Ok(made) => made,
                 Err(error) => {
                     eprintln!("SKIPPED {url}: {error}");
                     break;
                 }
             };
-            let backend = db.get_database_backend();
-            let label = match backend {
-                DbBackend::Postgres => "postgres",
-                DbBackend::MySql => "mysql",
-                _ => "sqlite",
-            };
+            let (db, label) = (bench.db.clone(), bench.label());
             let result = async {
                 Migrator::up(&db, None).await.map_err(|e| e.to_string())?;
                 let started = Instant::now();
@@ -357,7 +297,7 @@ async fn main() {
             .await;
             drop(db);
             if std::env::var("CLAIM_BENCH_KEEP").is_err() {
-                drop_db();
+                bench.drop().await;
             }
             let ((full_p50, full_p99), (empty_p50, empty_p99)) = match result {
                 Ok(figures) => figures,

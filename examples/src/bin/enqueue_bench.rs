@@ -14,14 +14,12 @@
 //! cannot reach, each in a database of its own that it drops afterwards.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use bench_db::BenchDb;
 use migration::{Migrator, MigratorTrait};
 use outbox_core::OutboxEvent;
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
@@ -31,49 +29,11 @@ struct OrderPlaced {
     note: String,
 }
 
+#[path = "../bench_db.rs"]
+mod bench_db;
+
 /// The next business row's id.
 static NEXT_ID: AtomicI64 = AtomicI64::new(1);
-
-async fn connect(url: &str) -> Result<DatabaseConnection, String> {
-    let mut options = ConnectOptions::new(url);
-    options
-        .max_connections(2)
-        .connect_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
-    Database::connect(options).await.map_err(|e| e.to_string())
-}
-
-/// A fresh database on the server of `url`, and the statement that drops
-/// it (run on the server's URL), or a temporary SQLite file.
-async fn fresh(url: &str, name: &str) -> Result<(DatabaseConnection, Option<String>), String> {
-    if url == "sqlite" || url.starts_with("sqlite:") {
-        let dir = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let file = format!("sqlite://{}?mode=rwc", dir.join("outbox.db").display());
-        return Ok((connect(&file).await?, None));
-    }
-    let admin = connect(url).await?;
-    let (create, drop) = match admin.get_database_backend() {
-        DbBackend::Postgres => (
-            format!("CREATE DATABASE \"{name}\""),
-            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        ),
-        _ => (
-            format!("CREATE DATABASE `{name}`"),
-            format!("DROP DATABASE IF EXISTS `{name}`"),
-        ),
-    };
-    admin
-        .execute_unprepared(&create)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (scheme, rest) = url.split_once("://").ok_or("a server URL has a scheme")?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    Ok((
-        connect(&format!("{scheme}://{authority}/{name}")).await?,
-        Some(drop),
-    ))
-}
 
 /// Seconds per transaction of `events` transactions, each inserting a
 /// business row and, with `outbox`, enqueueing one event.
@@ -131,26 +91,18 @@ async fn main() {
         }
     }
     if urls.is_empty() {
-        urls = vec![
-            "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
-            "mysql://root@127.0.0.1:3306".to_owned(),
-            "sqlite".to_owned(),
-        ];
+        urls = bench_db::DEFAULT_URLS.map(str::to_owned).to_vec();
     }
     for url in urls {
         let name = format!("outbox_enqueue_bench_{}", std::process::id());
-        let (db, drop) = match fresh(&url, &name).await {
+        let bench = match BenchDb::create(&url, &name, 2).await {
             Ok(made) => made,
             Err(error) => {
                 eprintln!("SKIPPED {url}: {error}");
                 continue;
             }
         };
-        let label = match db.get_database_backend() {
-            DbBackend::Postgres => "postgres",
-            DbBackend::MySql => "mysql",
-            _ => "sqlite",
-        };
+        let (db, label) = (bench.db.clone(), bench.label());
         Migrator::up(&db, None)
             .await
             .expect("the outbox migration failed");
@@ -162,7 +114,7 @@ async fn main() {
         run(&db, events / 10, true).await.expect("warm-up");
         let alone = run(&db, events, false).await.expect("business inserts");
         let with = run(&db, events, true).await.expect("inserts with enqueue");
-        drop_db(&url, &name, drop).await;
+        bench.drop().await;
         let per_event_ms = (with - alone) * 1000.0;
         if json {
             println!(
@@ -179,19 +131,6 @@ async fn main() {
                 alone * 1000.0,
                 with * 1000.0
             );
-        }
-    }
-}
-
-async fn drop_db(url: &str, name: &str, drop: Option<String>) {
-    match drop {
-        Some(sql) => {
-            if let Ok(admin) = connect(url).await {
-                let _ = admin.execute_unprepared(&sql).await;
-            }
-        }
-        None => {
-            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(name));
         }
     }
 }
