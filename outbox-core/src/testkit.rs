@@ -27,6 +27,8 @@ use crate::{
     Retry, Settlement, Status,
 };
 
+pub mod explore;
+
 /// What a store must be to run the suite: a store whose clock a test can
 /// move forward.
 pub trait TestStore: OutboxStore + OutboxAdmin + Clone + 'static {
