@@ -76,11 +76,12 @@ pub use error::{BoxError, Error, StoreError};
 pub use event::{OutboxEvent, TypedEvent, decode, decode_as};
 pub use memory::{FailureKind, InMemorySink, InMemoryStore};
 pub use record::{Headers, NewRecord, OutboxRecord, Status};
-pub use relay::{DeadKeyPolicy, Relay, RelayBuilder, RelayStatus, RunReport};
+pub use relay::{DeadKeyPolicy, Relay, RelayBuilder, RelayStatus, RunReport, describe_metrics};
 pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
 pub use sink::{Outcome, Sink, error_chain};
 pub use store::{
-    ClaimRequest, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, Retry, Settlement,
+    ClaimRequest, DeadFilter, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Retry,
+    Settlement, TopicStats,
 };
 pub use trace::{TRACEPARENT, set_traceparent_source};
 

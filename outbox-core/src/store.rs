@@ -1,11 +1,15 @@
 //! The storage side: [`OutboxStore`] for the relay, [`OutboxAdmin`] for
 //! operators.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+
+use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::record::{NewRecord, OutboxRecord};
@@ -161,47 +165,168 @@ pub trait OutboxStore: Send + Sync {
 /// Counts of an outbox, for operators and health checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutboxStats {
-    /// Pending records (including leased and in backoff).
+    /// Pending records (including leased, in backoff and held).
     pub pending: u64,
     /// Pending records under a lease that has not run out.
     pub leased: u64,
+    /// Pending records whose key a dead record holds: they wait for an
+    /// operator to requeue or discard it.
+    pub held: u64,
     /// Published records not yet purged.
     pub published: u64,
     /// Dead records.
     pub dead: u64,
     /// When the oldest pending record was enqueued.
     pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// Pending and dead records per topic, by topic name (topics with
+    /// neither are left out).
+    pub topics: Vec<TopicStats>,
 }
 
 impl OutboxStats {
     /// How long the oldest pending record has waited at `now` (zero when
     /// nothing is pending).
     pub fn oldest_pending_age(&self, now: DateTime<Utc>) -> Duration {
-        self.oldest_pending_at
-            .and_then(|at| (now - at).to_std().ok())
-            .unwrap_or_default()
+        age(self.oldest_pending_at, now)
+    }
+}
+
+/// Counts of one topic's records ([`OutboxStats::topics`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicStats {
+    /// The topic, as stored (before any prefix the sink adds).
+    pub topic: String,
+    /// Pending records.
+    pub pending: u64,
+    /// Dead records.
+    pub dead: u64,
+    /// When the topic's oldest pending record was enqueued.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+}
+
+impl TopicStats {
+    /// How long the topic's oldest pending record has waited at `now`.
+    pub fn oldest_pending_age(&self, now: DateTime<Utc>) -> Duration {
+        age(self.oldest_pending_at, now)
+    }
+}
+
+fn age(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Duration {
+    since
+        .and_then(|at| (now - at).to_std().ok())
+        .unwrap_or_default()
+}
+
+/// Which dead records an operator's command applies to: all of them, or
+/// those of one topic and/or one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    /// Only records of this topic.
+    pub topic: Option<String>,
+    /// Only records of this key.
+    pub key: Option<String>,
+}
+
+impl DeadFilter {
+    /// Every dead record.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// The dead records of `topic`.
+    pub fn topic(topic: impl Into<String>) -> Self {
+        Self {
+            topic: Some(topic.into()),
+            key: None,
+        }
+    }
+
+    /// Whether `record` passes the filter (its status aside).
+    pub fn matches(&self, record: &OutboxRecord) -> bool {
+        self.topic
+            .as_ref()
+            .is_none_or(|topic| *topic == record.topic)
+            && self
+                .key
+                .as_ref()
+                .is_none_or(|key| record.key.as_ref() == Some(key))
+    }
+}
+
+/// Names one record, by its row id or by its event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordRef {
+    /// The `id` column.
+    Id(i64),
+    /// The event id (`outbox-event-id` on the message).
+    EventId(Uuid),
+}
+
+impl fmt::Display for RecordRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "id {id}"),
+            Self::EventId(event_id) => write!(f, "event id {event_id}"),
+        }
+    }
+}
+
+impl From<i64> for RecordRef {
+    fn from(id: i64) -> Self {
+        Self::Id(id)
+    }
+}
+
+impl From<Uuid> for RecordRef {
+    fn from(event_id: Uuid) -> Self {
+        Self::EventId(event_id)
+    }
+}
+
+/// Parses a row id (`42`) or an event id (a UUID).
+impl FromStr for RecordRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<i64>() {
+            return Ok(Self::Id(id));
+        }
+        Uuid::parse_str(text).map(Self::EventId).map_err(|_| {
+            format!(
+                "`{text}` is neither a record id (a number, such as 42) nor an event id (a \
+                 UUID, such as 0190b6e4-7a1c-7c3e-9f00-2a4be3e1c0de)"
+            )
+        })
     }
 }
 
 /// Operations for people and housekeeping jobs, apart from the relay's.
 #[async_trait]
 pub trait OutboxAdmin: Send + Sync {
-    /// Dead records in `id` order, `limit` at most, starting after
-    /// `after_id` (pass the last id seen to page).
+    /// Dead records that pass `filter`, in `id` order, `limit` at most,
+    /// starting after `after_id` (pass the last id seen to page). A row
+    /// that cannot be read is listed anyway, with what is wrong in its
+    /// last error.
     async fn list_dead(
         &self,
+        filter: &DeadFilter,
         after_id: Option<i64>,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError>;
+
+    /// One record, whatever its status, by id or event id; `None` when
+    /// there is none (or it was purged).
+    async fn find(&self, record: RecordRef) -> Result<Option<OutboxRecord>, StoreError>;
 
     /// Moves one dead record back to pending, available now, with its
     /// attempts reset (its last error is kept); if it held its key, the key
     /// flows again from it. Returns whether the record was dead.
     async fn requeue(&self, id: i64) -> Result<bool, StoreError>;
 
-    /// Moves every dead record back to pending, as [`requeue`](Self::requeue)
-    /// does; returns how many.
-    async fn requeue_all(&self) -> Result<u64, StoreError>;
+    /// Moves every dead record that passes `filter` back to pending, as
+    /// [`requeue`](Self::requeue) does; returns how many.
+    async fn requeue_all(&self, filter: &DeadFilter) -> Result<u64, StoreError>;
 
     /// Gives up on a dead record for good: it stays in the table as dead,
     /// with the discard noted in its last error, and no longer holds its
@@ -210,19 +335,54 @@ pub trait OutboxAdmin: Send + Sync {
     /// nothing).
     async fn discard(&self, id: i64) -> Result<bool, StoreError>;
 
+    /// Deletes at most `limit` published records published before `before`,
+    /// oldest first, in one short step (one statement and transaction in
+    /// the SQL store); returns how many. Fewer than `limit` means none is
+    /// left.
+    async fn purge_published_batch(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Housekeeping after a purge, in batches of `batch_size`: the SQL
+    /// store deletes the keys left with nothing pending and registers the
+    /// keys of records that another client inserted without one. The
+    /// default does nothing.
+    async fn tidy(&self, batch_size: usize) -> Result<(), StoreError> {
+        let _ = batch_size;
+        Ok(())
+    }
+
     /// Deletes published records published before `before`, `batch_size`
-    /// rows per statement (so no statement holds many locks), until none is
-    /// left; returns how many. Stores may do other housekeeping here (the
-    /// SQL store deletes idle keys and registers the keys of records that
-    /// another client inserted without one).
+    /// at a time ([`purge_published_batch`](Self::purge_published_batch)),
+    /// until none is left, then [`tidy`](Self::tidy)s; returns how many
+    /// records it deleted.
     async fn purge_published(
         &self,
         before: DateTime<Utc>,
         batch_size: usize,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        if batch_size == 0 {
+            return Err(StoreError::permanent("purge batch size must be at least 1"));
+        }
+        let mut total = 0;
+        loop {
+            let deleted = self.purge_published_batch(before, batch_size).await?;
+            total += deleted;
+            if deleted < batch_size as u64 {
+                break;
+            }
+        }
+        self.tidy(batch_size).await?;
+        Ok(total)
+    }
 
-    /// Counts by status, leases held at `now`, and the oldest pending
-    /// record.
+    /// Counts by status and topic, leases held at `now`, records held
+    /// behind dead ones, and the oldest pending record. It reads every
+    /// pending and dead record (published ones are counted through an
+    /// index in the SQL store): cheap next to a relay's work, not free on
+    /// a backlog of millions.
     async fn stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError>;
 }
 

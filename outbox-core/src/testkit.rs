@@ -23,8 +23,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 use crate::{
-    ClaimRequest, DeadLetter, InMemoryStore, NewRecord, OutboxAdmin, OutboxRecord, OutboxStore,
-    Retry, Settlement, Status,
+    ClaimRequest, DeadFilter, DeadLetter, InMemoryStore, NewRecord, OutboxAdmin, OutboxRecord,
+    OutboxStore, RecordRef, Retry, Settlement, Status, TopicStats,
 };
 
 pub mod explore;
@@ -71,6 +71,10 @@ macro_rules! store_conformance_tests {
             a_delayed_record_holds_its_key_until_due,
             settle_applies_every_outcome_at_once,
             concurrent_claimers_get_disjoint_records_in_key_order,
+            dead_letters_are_filtered_by_topic_and_key,
+            records_are_found_by_id_and_event_id,
+            stats_count_by_topic_and_held_records,
+            a_purge_batch_deletes_the_oldest_published_first,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -90,10 +94,15 @@ const TOPIC: &str = "conformance";
 
 /// A record of `key` whose payload carries `n`.
 pub fn record(key: Option<&str>, n: u32) -> NewRecord {
+    record_on(TOPIC, key, n)
+}
+
+/// A record of `topic` and `key` whose payload carries `n`.
+pub fn record_on(topic: &str, key: Option<&str>, n: u32) -> NewRecord {
     let now = Utc::now();
     NewRecord {
         event_id: Uuid::now_v7(),
-        topic: TOPIC.to_owned(),
+        topic: topic.to_owned(),
         key: key.map(str::to_owned),
         event_type: "ConformanceEvent".to_owned(),
         schema_version: 1,
@@ -330,9 +339,12 @@ pub async fn dead_letters_are_listed_and_requeued<S: TestStore>(store: S) {
         "dead is not claimable"
     );
 
-    let page = store.list_dead(None, 2).await.unwrap();
+    let page = store.list_dead(&DeadFilter::all(), None, 2).await.unwrap();
     assert_eq!(ids(&page), ids(&claimed[..2]));
-    let rest = store.list_dead(Some(page[1].id), 2).await.unwrap();
+    let rest = store
+        .list_dead(&DeadFilter::all(), Some(page[1].id), 2)
+        .await
+        .unwrap();
     assert_eq!(ids(&rest), ids(&claimed[2..]));
     assert_eq!(page[0].status, Status::Dead);
     assert_eq!(page[0].attempts, 1);
@@ -379,8 +391,8 @@ pub async fn requeue_all_revives_every_dead_record<S: TestStore>(store: S) {
         ..Settlement::default()
     };
     assert_eq!(store.settle("a", &settlement).await.unwrap(), 4);
-    assert_eq!(store.requeue_all().await.unwrap(), 2);
-    assert_eq!(store.requeue_all().await.unwrap(), 0);
+    assert_eq!(store.requeue_all(&DeadFilter::all()).await.unwrap(), 2);
+    assert_eq!(store.requeue_all(&DeadFilter::all()).await.unwrap(), 0);
     let revived = claim(&store, "b", 10).await;
     assert_eq!(ids(&revived), ids(&claimed[..3]), "k flows again, in order");
     let stats = store.stats(Utc::now()).await.unwrap();
@@ -598,7 +610,7 @@ pub async fn a_discarded_dead_record_frees_its_key<S: TestStore>(store: S) {
     );
     let next = claim(&store, "b", 10).await;
     assert_eq!(ids(&next), vec![stored[1].id]);
-    let listed = store.list_dead(None, 10).await.unwrap();
+    let listed = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
     assert_eq!(ids(&listed), vec![stored[0].id]);
     let error = listed[0].last_error.as_deref().unwrap_or_default();
     assert!(
@@ -759,4 +771,183 @@ pub async fn concurrent_claimers_get_disjoint_records_in_key_order<S: TestStore>
         (stats.pending, stats.published),
         (0, u64::from(KEYS * PER_KEY))
     );
+}
+
+/// Dead records are listed and requeued by topic and by key; other dead
+/// records stay dead.
+pub async fn dead_letters_are_filtered_by_topic_and_key<S: TestStore>(store: S) {
+    let stored = enqueue(
+        &store,
+        &[
+            record_on("orders", Some("a"), 0),
+            record_on("orders", Some("b"), 1),
+            record_on("payments", Some("a"), 2),
+            record_on("payments", None, 3),
+        ],
+    )
+    .await;
+    let claimed = claim(&store, "a", 10).await;
+    assert_eq!(ids(&claimed), ids(&stored));
+    let dead: Vec<DeadLetter> = claimed.iter().map(|r| dead(r.id, "boom", true)).collect();
+    assert_eq!(store.mark_dead("a", &dead).await.unwrap(), 4);
+
+    let listed = |filter: DeadFilter| {
+        let store = store.clone();
+        async move { ids(&store.list_dead(&filter, None, 10).await.unwrap()) }
+    };
+    assert_eq!(listed(DeadFilter::all()).await, ids(&stored));
+    assert_eq!(listed(DeadFilter::topic("orders")).await, ids(&stored[..2]));
+    let key_a = DeadFilter {
+        topic: None,
+        key: Some("a".to_owned()),
+    };
+    assert_eq!(
+        listed(key_a.clone()).await,
+        vec![stored[0].id, stored[2].id]
+    );
+    let payments_a = DeadFilter {
+        topic: Some("payments".to_owned()),
+        key: Some("a".to_owned()),
+    };
+    assert_eq!(listed(payments_a).await, vec![stored[2].id]);
+    assert!(listed(DeadFilter::topic("nothing")).await.is_empty());
+
+    assert_eq!(
+        store
+            .requeue_all(&DeadFilter::topic("payments"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(listed(DeadFilter::all()).await, ids(&stored[..2]));
+    let revived = claim(&store, "b", 10).await;
+    assert_eq!(
+        ids(&revived),
+        vec![stored[3].id],
+        "key a stays held by the dead orders record; the keyless record flows"
+    );
+    assert_eq!(store.requeue_all(&key_a).await.unwrap(), 1);
+    assert_eq!(listed(DeadFilter::all()).await, vec![stored[1].id]);
+}
+
+/// `find` returns one record by id or by event id, whatever its status,
+/// and `None` for neither.
+pub async fn records_are_found_by_id_and_event_id<S: TestStore>(store: S) {
+    let stored = enqueue(&store, &[record(Some("k"), 1), record(Some("k"), 2)]).await;
+    let claimed = claim(&store, "a", 1).await;
+    store.mark_published("a", &ids(&claimed)).await.unwrap();
+
+    let by_id = store.find(RecordRef::Id(stored[0].id)).await.unwrap();
+    let by_id = by_id.expect("the published record is found by id");
+    assert_eq!(by_id.event_id, stored[0].event_id);
+    assert_eq!(by_id.status, Status::Published);
+    let by_event = store
+        .find(RecordRef::EventId(stored[1].event_id))
+        .await
+        .unwrap()
+        .expect("the pending record is found by event id");
+    assert_eq!(by_event.id, stored[1].id);
+    assert_eq!(by_event.payload, stored[1].payload);
+    assert_eq!(by_event.status, Status::Pending);
+    assert!(store.find(RecordRef::Id(i64::MAX)).await.unwrap().is_none());
+    assert!(
+        store
+            .find(RecordRef::EventId(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Stats count pending and dead records per topic, with each topic's
+/// oldest pending record, and the pending records held behind a dead one.
+pub async fn stats_count_by_topic_and_held_records<S: TestStore>(store: S) {
+    let mut old = record_on("orders", Some("held"), 0);
+    old.created_at = Utc::now() - TimeDelta::minutes(10);
+    let stored = enqueue(
+        &store,
+        &[
+            old.clone(),
+            record_on("orders", Some("held"), 1),
+            record_on("orders", Some("held"), 2),
+            record_on("orders", Some("free"), 3),
+            record_on("payments", None, 4),
+        ],
+    )
+    .await;
+    let claimed = claim(&store, "a", 10).await;
+    assert_eq!(ids(&claimed), ids(&stored));
+    let settlement = Settlement {
+        dead: vec![dead(stored[0].id, "boom", true)],
+        released: ids(&stored[1..]),
+        ..Settlement::default()
+    };
+    assert_eq!(store.settle("a", &settlement).await.unwrap(), 5);
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!((stats.pending, stats.held, stats.dead), (4, 2, 1));
+    let topic = |name: &str| -> TopicStats {
+        stats
+            .topics
+            .iter()
+            .find(|topic| topic.topic == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no stats for topic {name}: {:?}", stats.topics))
+    };
+    let orders = topic("orders");
+    assert_eq!((orders.pending, orders.dead), (3, 1));
+    let payments = topic("payments");
+    assert_eq!((payments.pending, payments.dead), (1, 0));
+    assert_eq!(stats.topics.len(), 2);
+    // The dead record is the oldest; the oldest pending ones are newer.
+    for topic in [&orders, &payments] {
+        let oldest = topic.oldest_pending_at.expect("records pending");
+        assert!(oldest > old.created_at + TimeDelta::minutes(9), "{topic:?}");
+    }
+    assert!(
+        payments.oldest_pending_at >= orders.oldest_pending_at,
+        "payments' record came last"
+    );
+
+    assert!(store.discard(stored[0].id).await.unwrap());
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!((stats.pending, stats.held, stats.dead), (4, 0, 1));
+}
+
+/// One purge batch deletes at most its limit, the earliest published
+/// first, and leaves everything else.
+pub async fn a_purge_batch_deletes_the_oldest_published_first<S: TestStore>(store: S) {
+    let stored = enqueue(&store, &(0..5).map(|n| record(None, n)).collect::<Vec<_>>()).await;
+    // Published in reverse id order, a clock step apart.
+    for record in stored[1..].iter().rev() {
+        let claimed = claim(&store, "a", 10).await;
+        store.mark_published("a", &[record.id]).await.unwrap();
+        let rest: Vec<i64> = ids(&claimed)
+            .into_iter()
+            .filter(|id| *id != record.id)
+            .collect();
+        store.release("a", &rest).await.unwrap();
+        store.advance_clock(secs(1));
+    }
+    let cutoff = Utc::now() + TimeDelta::hours(1);
+    assert_eq!(store.purge_published_batch(cutoff, 2).await.unwrap(), 2);
+    let mut left = Vec::new();
+    for record in &stored {
+        if store
+            .find(RecordRef::Id(record.id))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push(record.id);
+        }
+    }
+    assert_eq!(
+        left,
+        ids(&stored[..3]),
+        "the two published first (ids 4 and 3) are gone; the pending one stays"
+    );
+    let stats = store.stats(Utc::now()).await.unwrap();
+    assert_eq!((stats.pending, stats.published), (1, 2));
+    let past = Utc::now() - TimeDelta::hours(1);
+    assert_eq!(store.purge_published_batch(past, 10).await.unwrap(), 0);
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use outbox_core::{
-    ClaimRequest, Error, ExponentialBackoff, FailureKind, InMemorySink, InMemoryStore, NewRecord,
-    OutboxAdmin, OutboxEvent, OutboxRecord, OutboxStore, Relay, RunReport, Settlement, Status,
-    StoreError,
+    ClaimRequest, DeadFilter, Error, ExponentialBackoff, FailureKind, InMemorySink, InMemoryStore,
+    NewRecord, OutboxAdmin, OutboxEvent, OutboxRecord, OutboxStore, Relay, RunReport, Settlement,
+    Status, StoreError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -167,7 +167,7 @@ async fn too_many_retriable_failures_move_the_record_to_dead() {
     })
     .await;
     assert_eq!((report.retried, report.dead, report.published), (2, 1, 0));
-    let dead = store.list_dead(None, 10).await.unwrap();
+    let dead = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 3);
     let error = dead[0].last_error.as_deref().unwrap();
@@ -187,7 +187,7 @@ async fn permanent_failure_moves_the_record_to_dead_at_once() {
     sink.fail_next(1, FailureKind::Permanent);
     let report = relay(&store, &sink).run_once().await.unwrap();
     assert_eq!((report.published, report.dead, report.retried), (1, 1, 0));
-    let dead = store.list_dead(None, 10).await.unwrap();
+    let dead = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
     assert_eq!(dead[0].attempts, 1);
     assert!(
         dead[0]
@@ -245,13 +245,13 @@ async fn requeued_dead_records_are_published() {
     sink.fail_next(3, FailureKind::Permanent);
     let relay = relay(&store, &sink);
     assert_eq!(relay.run_once().await.unwrap().dead, 3);
-    let dead = store.list_dead(None, 10).await.unwrap();
+    let dead = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
 
     assert!(store.requeue(dead[1].id).await.unwrap());
     relay.run_once().await.unwrap();
     assert_eq!(sink.events::<Step>(), vec![step("b", 1)]);
 
-    assert_eq!(store.requeue_all().await.unwrap(), 2);
+    assert_eq!(store.requeue_all(&DeadFilter::all()).await.unwrap(), 2);
     relay.run_once().await.unwrap();
     assert_eq!(
         sink.events::<Step>(),
@@ -523,7 +523,7 @@ async fn a_poison_record_is_dead_and_holds_only_its_own_key() {
     store.advance_clock(Duration::from_secs(3600));
     relay.run_once().await.unwrap();
 
-    let dead = store.list_dead(None, 10).await.unwrap();
+    let dead = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
     assert_eq!(dead.len(), 1, "only the poison record is dead");
     assert!(
         !steps_by_key(&sink).contains_key("poison"),
@@ -551,7 +551,7 @@ async fn a_requeued_poison_record_is_published_before_the_rest_of_its_key() {
     relay.run_once().await.unwrap();
     relay.run_once().await.unwrap();
     assert!(sink.delivered().is_empty(), "the dead head holds its key");
-    let dead = store.list_dead(None, 10).await.unwrap();
+    let dead = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
     assert!(store.requeue(dead[0].id).await.unwrap());
     run_until(&relay, || sink.delivered().len() == 3).await;
     assert_eq!(steps_by_key(&sink)["k"], vec![0, 1, 2]);

@@ -89,6 +89,6 @@ mod store;
 
 pub use enqueue::{AsEvent, enqueue, enqueue_all, enqueue_records, marker};
 pub use error::{DbError, Error};
-pub use store::SeaOrmStore;
+pub use store::{SeaOrmStore, redact_url};
 #[doc(hidden)]
 pub use store::{claim_statements, explained_statements};

@@ -154,6 +154,11 @@ async fn postgres_reads_only_what_it_claims() {
             assert!(plan.contains("idx_outbox_dead"), "{plan}");
             continue;
         }
+        if name == "stats by topic" {
+            // Pending records read whole, as above; dead ones by index.
+            assert!(plan.contains("idx_outbox_dead"), "{plan}");
+            continue;
+        }
         assert!(
             !plan.contains("Seq Scan on outbox "),
             "{name}: a full scan:\n{plan}"
@@ -206,7 +211,7 @@ async fn mariadb_reads_only_what_it_claims() {
             let derived = get("table").starts_with('<');
             // Counting pending records reads them all; the other counts go
             // through the `(status, id)` index.
-            if !derived && name != "stats" {
+            if !derived && !name.starts_with("stats") {
                 assert_ne!(get("type"), "ALL", "{name}: a full scan: {line}");
             }
             if is_claim(name) {
@@ -231,7 +236,7 @@ async fn sqlite_reads_only_what_it_claims() {
             .map(|row| row.try_get::<String>("", "detail").unwrap())
             .collect();
         eprintln!("SQLite, {name}:\n{}\n", plan.join("\n"));
-        if name == "stats" {
+        if name.starts_with("stats") {
             continue;
         }
         for line in &plan {

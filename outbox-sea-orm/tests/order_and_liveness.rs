@@ -15,8 +15,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::{Backend, TestDb};
 use outbox_core::testkit::TestStore;
 use outbox_core::{
-    Clock, FailureKind, InMemorySink, NewRecord, OutboxAdmin, OutboxEvent, Relay, RunReport, Sink,
-    error_chain,
+    Clock, DeadFilter, FailureKind, InMemorySink, NewRecord, OutboxAdmin, OutboxEvent, Relay,
+    RunReport, Sink, error_chain,
 };
 use outbox_sea_orm::{Error, SeaOrmStore, enqueue, enqueue_all};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
@@ -267,7 +267,7 @@ async fn a_poison_record_is_dead_and_holds_only_its_key(db: TestDb) {
         !steps_by_key(&sink).contains_key("poison"),
         "its key is held"
     );
-    let dead = store.list_dead(None, 10).await.unwrap();
+    let dead = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
 
     // Requeued, it goes first, then the rest of its key.
@@ -317,7 +317,7 @@ async fn unreadable_rows_are_set_aside_and_the_rest_flows(db: TestDb) {
     let status = relay.status();
     assert_eq!(status.consecutive_failures, 0, "{status:?}");
     let reasons: Vec<String> = store
-        .list_dead(None, 10)
+        .list_dead(&DeadFilter::all(), None, 10)
         .await
         .unwrap()
         .into_iter()
@@ -597,7 +597,7 @@ async fn an_unreadable_row_is_set_aside_only_as_the_head_of_its_key(db: TestDb) 
     })
     .await;
     relay.run_once().await.unwrap();
-    let dead = store.list_dead(None, 10).await.unwrap();
+    let dead = store.list_dead(&DeadFilter::all(), None, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]

@@ -7,7 +7,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::StoreError;
 use crate::record::{NewRecord, OutboxRecord, Status};
-use crate::store::{ClaimRequest, OutboxAdmin, OutboxStats, OutboxStore, Settlement};
+use crate::store::{
+    ClaimRequest, DeadFilter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Settlement,
+    TopicStats,
+};
 
 /// An [`OutboxStore`] and [`OutboxAdmin`] in memory, for tests of code that
 /// writes events or runs a relay. It keeps the same contract as the SQL
@@ -204,6 +207,7 @@ impl OutboxStore for InMemoryStore {
 impl OutboxAdmin for InMemoryStore {
     async fn list_dead(
         &self,
+        filter: &DeadFilter,
         after_id: Option<i64>,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
@@ -212,10 +216,22 @@ impl OutboxAdmin for InMemoryStore {
             .lock()
             .rows
             .range(start..)
-            .filter(|(_, row)| row.record.status == Status::Dead)
+            .filter(|(_, row)| row.record.status == Status::Dead && filter.matches(&row.record))
             .take(limit)
             .map(|(_, row)| row.record.clone())
             .collect())
+    }
+
+    async fn find(&self, record: RecordRef) -> Result<Option<OutboxRecord>, StoreError> {
+        let state = self.lock();
+        let row = match record {
+            RecordRef::Id(id) => state.rows.get(&id),
+            RecordRef::EventId(event_id) => state
+                .rows
+                .values()
+                .find(|row| row.record.event_id == event_id),
+        };
+        Ok(row.map(|row| row.record.clone()))
     }
 
     async fn requeue(&self, id: i64) -> Result<bool, StoreError> {
@@ -231,12 +247,12 @@ impl OutboxAdmin for InMemoryStore {
         Ok(true)
     }
 
-    async fn requeue_all(&self) -> Result<u64, StoreError> {
+    async fn requeue_all(&self, filter: &DeadFilter) -> Result<u64, StoreError> {
         let mut state = self.lock();
         let now = state.now();
         let mut count = 0;
         for row in state.rows.values_mut() {
-            if row.record.status == Status::Dead {
+            if row.record.status == Status::Dead && filter.matches(&row.record) {
                 requeue_row(row, now);
                 count += 1;
             }
@@ -259,62 +275,86 @@ impl OutboxAdmin for InMemoryStore {
         Ok(true)
     }
 
-    async fn purge_published(
+    async fn purge_published_batch(
         &self,
         before: DateTime<Utc>,
-        batch_size: usize,
+        limit: usize,
     ) -> Result<u64, StoreError> {
-        if batch_size == 0 {
-            return Err(StoreError::permanent("purge batch size must be at least 1"));
+        let mut state = self.lock();
+        let mut doomed: Vec<(DateTime<Utc>, i64)> = state
+            .rows
+            .iter()
+            .filter_map(|(id, row)| match row.published_at {
+                Some(at) if row.record.status == Status::Published && at < before => {
+                    Some((at, *id))
+                }
+                _ => None,
+            })
+            .collect();
+        doomed.sort_unstable();
+        doomed.truncate(limit);
+        for (_, id) in &doomed {
+            state.rows.remove(id);
         }
-        let mut total = 0;
-        loop {
-            // One bounded batch per lock, as the SQL stores do per statement.
-            let mut state = self.lock();
-            let doomed: Vec<i64> = state
-                .rows
-                .iter()
-                .filter(|(_, row)| {
-                    row.record.status == Status::Published
-                        && row.published_at.is_some_and(|at| at < before)
-                })
-                .map(|(id, _)| *id)
-                .take(batch_size)
-                .collect();
-            for id in &doomed {
-                state.rows.remove(id);
-            }
-            total += doomed.len() as u64;
-            if doomed.len() < batch_size {
-                return Ok(total);
-            }
-        }
+        Ok(doomed.len() as u64)
     }
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
         let state = self.lock();
         let mut stats = OutboxStats::default();
+        let mut topics: BTreeMap<&str, TopicStats> = BTreeMap::new();
+        let held_keys: HashSet<&str> = state
+            .rows
+            .values()
+            .filter(|row| row.record.status == Status::Dead && row.holds_key)
+            .filter_map(|row| row.record.key.as_deref())
+            .collect();
         for row in state.rows.values() {
-            match row.record.status {
+            let record = &row.record;
+            match record.status {
                 Status::Pending => {
                     stats.pending += 1;
                     if row.lease_active(now) {
                         stats.leased += 1;
                     }
-                    let created = row.record.created_at;
-                    if stats
-                        .oldest_pending_at
-                        .is_none_or(|oldest| created < oldest)
+                    if record
+                        .key
+                        .as_deref()
+                        .is_some_and(|key| held_keys.contains(key))
                     {
-                        stats.oldest_pending_at = Some(created);
+                        stats.held += 1;
                     }
+                    stats.oldest_pending_at = earliest(stats.oldest_pending_at, record.created_at);
+                    let topic = topic_stats(&mut topics, record);
+                    topic.pending += 1;
+                    topic.oldest_pending_at = earliest(topic.oldest_pending_at, record.created_at);
                 }
                 Status::Published => stats.published += 1,
-                Status::Dead => stats.dead += 1,
+                Status::Dead => {
+                    stats.dead += 1;
+                    topic_stats(&mut topics, record).dead += 1;
+                }
             }
         }
+        stats.topics = topics.into_values().collect();
         Ok(stats)
     }
+}
+
+fn topic_stats<'t, 'r: 't>(
+    topics: &'t mut BTreeMap<&'r str, TopicStats>,
+    record: &'r OutboxRecord,
+) -> &'t mut TopicStats {
+    topics
+        .entry(record.topic.as_str())
+        .or_insert_with(|| TopicStats {
+            topic: record.topic.clone(),
+            ..TopicStats::default()
+        })
+}
+
+fn earliest(oldest: Option<DateTime<Utc>>, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    Some(oldest.map_or(at, |oldest| oldest.min(at)))
 }
 
 fn requeue_row(row: &mut Row, now: DateTime<Utc>) {

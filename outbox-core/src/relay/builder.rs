@@ -1,13 +1,13 @@
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Relay, RelayStatus};
+use super::{Chores, Relay, RelayStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
-use crate::{Error, OutboxStore, Sink};
+use crate::{Error, OutboxAdmin, OutboxStore, Sink};
 
 /// The longest lease [`RelayBuilder::lease`] accepts.
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
@@ -43,6 +43,7 @@ pub struct RelayBuilder<St, Si> {
     backoff: Box<dyn Backoff>,
     dead_key_policy: DeadKeyPolicy,
     clock: Box<dyn Clock>,
+    chores: Chores,
 }
 
 impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
@@ -59,6 +60,7 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             backoff: Box::new(ExponentialBackoff::default()),
             dead_key_policy: DeadKeyPolicy::default(),
             clock: Box::new(SystemClock),
+            chores: Chores::default(),
         }
     }
 
@@ -142,6 +144,15 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         self
     }
 
+    /// How often [`Relay::run`] purges published records when
+    /// [`retain_published`](Self::retain_published) is set. Default: 60 s.
+    /// Must be greater than zero.
+    #[must_use]
+    pub fn purge_interval(mut self, interval: Duration) -> Self {
+        self.chores.purge_every = interval;
+        self
+    }
+
     /// Checks the settings and builds the relay.
     pub fn build(self) -> Result<Relay<St, Si>, Error> {
         let relay_id = self
@@ -172,6 +183,20 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
                 self.lease
             )));
         }
+        if self.chores.purge_every.is_zero() {
+            return Err(Error::Config(
+                "purge interval must be greater than zero".into(),
+            ));
+        }
+        if self
+            .chores
+            .backlog_every
+            .is_some_and(|every| every.is_zero())
+        {
+            return Err(Error::Config(
+                "backlog report interval must be greater than zero".into(),
+            ));
+        }
         let retry_policy: Box<dyn RetryPolicy> = match (self.retry_policy, self.max_attempts) {
             (Some(policy), _) => policy,
             (None, Some(max)) => Box::new(MaxAttempts::new(max)?),
@@ -189,8 +214,40 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             backoff: self.backoff,
             dead_key_policy: self.dead_key_policy,
             clock: self.clock,
+            chores: self.chores,
             claims: Default::default(),
         })
+    }
+}
+
+/// Settings that need the store's [`OutboxAdmin`] side too.
+impl<St: OutboxStore + OutboxAdmin + Clone + 'static, Si: Sink> RelayBuilder<St, Si> {
+    /// Keeps published records for `period`, then deletes them: while
+    /// [`Relay::run`] runs, every [`purge_interval`](Self::purge_interval)
+    /// it deletes those published before `period` ago in batches of 1,000
+    /// records, one short transaction each with a pause between them, so
+    /// the purge never holds locks long enough to slow claims or writers;
+    /// then it tidies the store ([`OutboxAdmin::tidy`]). Several relays
+    /// may purge at once. Default: off (published records stay until
+    /// something purges them, such as `outbox purge`).
+    #[must_use]
+    pub fn retain_published(mut self, period: Duration) -> Self {
+        self.chores.admin = Some(Arc::new(self.store.clone()));
+        self.chores.retain = Some(period);
+        self
+    }
+
+    /// Reports the backlog through the `metrics` facade every `every` while
+    /// [`Relay::run`] runs: the gauges `outbox_pending_records`,
+    /// `outbox_dead_records` and `outbox_oldest_pending_age_seconds` per
+    /// `topic`, and `outbox_held_records` and `outbox_leased_records`
+    /// ([`OutboxAdmin::stats`]). Default: off. Every relay that reports
+    /// reports the same figures: aggregate them with `max`, not `sum`.
+    #[must_use]
+    pub fn report_backlog(mut self, every: Duration) -> Self {
+        self.chores.admin = Some(Arc::new(self.store.clone()));
+        self.chores.backlog_every = Some(every);
+        self
     }
 }
 
@@ -206,6 +263,7 @@ impl<St, Si> fmt::Debug for RelayBuilder<St, Si> {
             .field("backoff", &self.backoff)
             .field("dead_key_policy", &self.dead_key_policy)
             .field("clock", &self.clock)
+            .field("chores", &self.chores)
             .finish_non_exhaustive()
     }
 }

@@ -1,6 +1,7 @@
 //! The [`Relay`]: claims committed records, publishes them, marks them.
 
 mod builder;
+mod chores;
 mod report;
 mod tracker;
 
@@ -15,6 +16,7 @@ use tracing::{Instrument, field};
 pub use builder::{DeadKeyPolicy, RelayBuilder};
 pub use report::{RelayStatus, RunReport};
 
+use self::chores::Chores;
 use self::tracker::Tracker;
 use crate::clock::Clock;
 use crate::retry::{Backoff, ExponentialBackoff, RetryPolicy};
@@ -51,6 +53,7 @@ pub struct Relay<St, Si> {
     backoff: Box<dyn Backoff>,
     dead_key_policy: DeadKeyPolicy,
     clock: Box<dyn Clock>,
+    chores: Chores,
     claims: AtomicU64,
     status: Mutex<RelayStatus>,
 }
@@ -102,12 +105,16 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                 status.last_error = None;
                 status.last_success_at = Some(now);
                 status.consecutive_failures = 0;
+                metrics::gauge!("outbox_relay_last_success_timestamp_seconds")
+                    .set(now.timestamp_millis() as f64 / 1000.0);
             }
             Err(error) => {
                 status.last_error = Some(error_chain(error));
                 status.consecutive_failures = status.consecutive_failures.saturating_add(1);
             }
         }
+        metrics::gauge!("outbox_relay_consecutive_failures")
+            .set(f64::from(status.consecutive_failures));
         result
     }
 
@@ -121,7 +128,24 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
     /// jitter, from the poll interval up to 30 s. On shutdown, the batch in
     /// progress is finished (published and settled) and no new one is
     /// claimed, so the relay holds no lease when this returns.
+    ///
+    /// Beside the batches it purges published records and reports the
+    /// backlog, when the builder set
+    /// [`retain_published`](RelayBuilder::retain_published) and
+    /// [`report_backlog`](RelayBuilder::report_backlog).
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let batches = async {
+            self.run_batches(shutdown).await;
+            let _ = stop.send(true);
+        };
+        let chores = self
+            .chores
+            .run(&self.relay_id, || self.clock.now(), stopped);
+        tokio::join!(batches, chores);
+    }
+
+    async fn run_batches(&self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let error_backoff =
             ExponentialBackoff::new(self.poll_interval, MAX_ERROR_PAUSE.max(self.poll_interval))
@@ -367,6 +391,94 @@ fn merge(into: &mut Settlement, more: Settlement) {
     into.released.extend(more.released);
 }
 
+/// Describes every metric the relay reports (type, unit, meaning) to the
+/// installed `metrics` recorder, so an exporter prints them with help
+/// text. Call it once after installing the recorder; without it the
+/// metrics are reported all the same.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "outbox_claimed_total",
+        Unit::Count,
+        "Records claimed by the relay."
+    );
+    describe_counter!(
+        "outbox_published_total",
+        Unit::Count,
+        "Records delivered and marked published."
+    );
+    describe_counter!(
+        "outbox_retried_total",
+        Unit::Count,
+        "Failed records scheduled for another attempt."
+    );
+    describe_counter!(
+        "outbox_dead_total",
+        Unit::Count,
+        "Records moved to dead letters."
+    );
+    describe_counter!(
+        "outbox_released_total",
+        Unit::Count,
+        "Records released unattempted behind a failed record of their key."
+    );
+    describe_counter!(
+        "outbox_batch_errors_total",
+        Unit::Count,
+        "Batches that failed (the store or the sink down)."
+    );
+    describe_counter!(
+        "outbox_purged_total",
+        Unit::Count,
+        "Published records deleted by retention."
+    );
+    describe_histogram!(
+        "outbox_batch_seconds",
+        Unit::Seconds,
+        "Time from claim to the last settlement of a non-empty batch."
+    );
+    describe_histogram!(
+        "outbox_publish_lag_seconds",
+        Unit::Seconds,
+        "Time from enqueue to delivery, per record."
+    );
+    describe_gauge!(
+        "outbox_pending_records",
+        Unit::Count,
+        "Pending records, by topic."
+    );
+    describe_gauge!(
+        "outbox_dead_records",
+        Unit::Count,
+        "Dead records, by topic."
+    );
+    describe_gauge!(
+        "outbox_oldest_pending_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest pending record, by topic."
+    );
+    describe_gauge!(
+        "outbox_held_records",
+        Unit::Count,
+        "Pending records waiting behind a dead record of their key."
+    );
+    describe_gauge!(
+        "outbox_leased_records",
+        Unit::Count,
+        "Pending records under a relay's lease."
+    );
+    describe_gauge!(
+        "outbox_relay_consecutive_failures",
+        Unit::Count,
+        "Batches this relay failed in a row (0 after a success)."
+    );
+    describe_gauge!(
+        "outbox_relay_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of this relay's last successful batch or empty poll."
+    );
+}
+
 /// Reports a batch through the `metrics` facade (a no-op unless the
 /// application installs a recorder).
 fn record_metrics(result: &Result<RunReport, Error>, elapsed: Duration) {
@@ -395,6 +507,7 @@ impl<St, Si> fmt::Debug for Relay<St, Si> {
             .field("retry_policy", &self.retry_policy)
             .field("backoff", &self.backoff)
             .field("dead_key_policy", &self.dead_key_policy)
+            .field("chores", &self.chores)
             .finish_non_exhaustive()
     }
 }

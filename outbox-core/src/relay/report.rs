@@ -1,4 +1,5 @@
 use std::ops::AddAssign;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -50,6 +51,40 @@ pub struct RelayStatus {
 }
 
 impl RelayStatus {
+    /// Whether the relay is working, for a readiness check: `Ok` when its
+    /// last batch or empty poll succeeded within `window` before `now`
+    /// (a few poll intervals, and more than a batch takes), otherwise why
+    /// not, in a sentence for the check's response.
+    pub fn health(&self, now: DateTime<Utc>, window: Duration) -> Result<(), String> {
+        let window_text = format!("{:.1}s", window.as_secs_f64());
+        let failing = match &self.last_error {
+            Some(error) => format!(
+                "; {} batch(es) failed in a row, the last with: {error}",
+                self.consecutive_failures
+            ),
+            None => String::new(),
+        };
+        match self.last_success_at {
+            None => Err(format!(
+                "relay {} has not completed a batch or poll yet{failing}",
+                self.relay_id
+            )),
+            Some(at) => {
+                let age = (now - at).to_std().unwrap_or_default();
+                if age <= window {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "relay {}'s last successful batch or poll was {:.1}s ago (at {at}), \
+                         more than {window_text}{failing}",
+                        self.relay_id,
+                        age.as_secs_f64()
+                    ))
+                }
+            }
+        }
+    }
+
     pub(super) fn new(relay_id: String) -> Self {
         Self {
             relay_id,

@@ -1,11 +1,11 @@
 //! Operators' work: dead letters, housekeeping, counts.
 
 use chrono::{DateTime, Utc};
-use outbox_core::{OutboxRecord, OutboxStats, Status};
+use outbox_core::{DeadFilter, OutboxRecord, OutboxStats, RecordRef, Status, TopicStats};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
-    IdenStatic, Iterable, Statement, Value,
+    IdenStatic, Iterable, QueryFilter, Statement, Value,
 };
 
 use super::{SeaOrmStore, TxError, settle};
@@ -16,10 +16,12 @@ use crate::sql::{Param, render};
 
 pub(super) async fn list_dead(
     store: &SeaOrmStore,
+    filter: &DeadFilter,
     after_id: Option<i64>,
     limit: usize,
 ) -> Result<Vec<OutboxRecord>, Error> {
-    let statement = list_dead_statement(store.backend(), after_id.unwrap_or(i64::MIN), limit);
+    let statement =
+        list_dead_statement(store.backend(), filter, after_id.unwrap_or(i64::MIN), limit);
     let rows = match store.connection().query_all_raw(statement).await {
         Ok(rows) => rows,
         Err(error) => return Err(store.fail("list dead outbox records", error).await),
@@ -35,10 +37,31 @@ pub(super) async fn list_dead(
     }
 }
 
-/// Dead records after `after_id`, in id order, through the dead records'
-/// index (`(status, id)` on MySQL/MariaDB, named: it would take
-/// `(status, published_at)` and sort).
-fn list_dead_statement(backend: DbBackend, after_id: i64, limit: usize) -> Statement {
+/// One record by id or event id, whatever its status; a row that cannot be
+/// read comes back as [`Model::into_listed`] shows it.
+pub(super) async fn find(
+    store: &SeaOrmStore,
+    record: RecordRef,
+) -> Result<Option<OutboxRecord>, Error> {
+    let query = match record {
+        RecordRef::Id(id) => Entity::find().filter(Column::Id.eq(id)),
+        RecordRef::EventId(event_id) => Entity::find().filter(Column::EventId.eq(event_id)),
+    };
+    match query.one(store.connection()).await {
+        Ok(model) => Ok(model.map(Model::into_listed)),
+        Err(error) => Err(store.fail("find an outbox record", error).await),
+    }
+}
+
+/// Dead records after `after_id` that pass `filter`, in id order, through
+/// the dead records' index (`(status, id)` on MySQL/MariaDB, named: it
+/// would take `(status, published_at)` and sort).
+fn list_dead_statement(
+    backend: DbBackend,
+    filter: &DeadFilter,
+    after_id: i64,
+    limit: usize,
+) -> Statement {
     let columns = Column::iter()
         .map(|column| column.as_str())
         .collect::<Vec<_>>()
@@ -47,34 +70,56 @@ fn list_dead_statement(backend: DbBackend, after_id: i64, limit: usize) -> State
         DbBackend::MySql => " FORCE INDEX (idx_outbox_pending)",
         _ => "",
     };
+    let (matching, mut params) = dead_filter(filter);
+    params.push(("after", Param::one(after_id)));
+    params.push((
+        "limit",
+        Param::one(i64::try_from(limit).unwrap_or(i64::MAX)),
+    ));
     render(
         backend,
         &format!(
             "SELECT {columns} FROM outbox{hint}
-WHERE status = 'dead' AND id > :after
+WHERE status = 'dead' AND id > :after{matching}
 ORDER BY id LIMIT :limit"
         ),
-        &[
-            ("after", Param::one(after_id)),
-            (
-                "limit",
-                Param::one(i64::try_from(limit).unwrap_or(i64::MAX)),
-            ),
-        ],
+        &params,
     )
+}
+
+/// The conditions of `filter`, to append to a `WHERE`, and their values.
+fn dead_filter(filter: &DeadFilter) -> (String, Vec<(&'static str, Param)>) {
+    let mut sql = String::new();
+    let mut params = Vec::new();
+    if let Some(topic) = &filter.topic {
+        sql.push_str(" AND topic = :topic");
+        params.push(("topic", Param::one(topic.as_str())));
+    }
+    if let Some(key) = &filter.key {
+        sql.push_str(" AND partition_key = :key");
+        params.push(("key", Param::one(key.as_str())));
+    }
+    (sql, params)
+}
+
+/// Which dead records a requeue revives.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Which<'a> {
+    One(i64),
+    Matching(&'a DeadFilter),
 }
 
 /// Moves dead records back to pending, available now, attempts reset, last
 /// error kept, and frees the keys they held: one record, or all of them.
 /// It reads the dead records first and changes exactly those, so a record
 /// that dies meanwhile (and may hold its key) is left for the next call.
-pub(super) async fn requeue(store: &SeaOrmStore, id: Option<i64>) -> Result<u64, Error> {
+pub(super) async fn requeue(store: &SeaOrmStore, which: Which<'_>) -> Result<u64, Error> {
     let offset = store.clock_offset();
     store
         .retrying(|| {
             store.transaction("requeue dead outbox records", async |txn| {
                 let now = crate::clock::now(txn, offset).await?;
-                let dead = dead_records(txn, id).await?;
+                let dead = dead_records(txn, which).await?;
                 let ids: Vec<i64> = dead.iter().map(|(id, _)| *id).collect();
                 let mut keys: Vec<String> = dead.into_iter().filter_map(|(_, key)| key).collect();
                 settle::upsert_keys(txn, &mut keys, now).await?;
@@ -108,23 +153,27 @@ pub(super) async fn requeue(store: &SeaOrmStore, id: Option<i64>) -> Result<u64,
 /// Ids per statement of a requeue.
 const IDS_PER_STATEMENT: usize = 10_000;
 
-/// The dead record `id` (or every dead record), with its key.
+/// The dead record `id` (or every dead record that passes a filter), with
+/// its key.
 async fn dead_records(
     txn: &DatabaseTransaction,
-    id: Option<i64>,
+    which: Which<'_>,
 ) -> Result<Vec<(i64, Option<String>)>, TxError> {
     let backend = txn.get_database_backend();
-    let statement = match id {
-        Some(id) => render(
+    let statement = match which {
+        Which::One(id) => render(
             backend,
             "SELECT id, partition_key FROM outbox WHERE id = :id AND status = 'dead'",
             &[("id", Param::one(id))],
         ),
-        None => render(
-            backend,
-            "SELECT id, partition_key FROM outbox WHERE status = 'dead'",
-            &[],
-        ),
+        Which::Matching(filter) => {
+            let (matching, params) = dead_filter(filter);
+            render(
+                backend,
+                &format!("SELECT id, partition_key FROM outbox WHERE status = 'dead'{matching}"),
+                &params,
+            )
+        }
     };
     txn.query_all_raw(statement)
         .await?
@@ -134,8 +183,8 @@ async fn dead_records(
 }
 
 /// The keys of the dead record `id`, or of every dead record.
-async fn dead_keys(txn: &DatabaseTransaction, id: Option<i64>) -> Result<Vec<String>, TxError> {
-    Ok(dead_records(txn, id)
+async fn dead_keys(txn: &DatabaseTransaction, id: i64) -> Result<Vec<String>, TxError> {
+    Ok(dead_records(txn, Which::One(id))
         .await?
         .into_iter()
         .filter_map(|(_, key)| key)
@@ -150,7 +199,7 @@ pub(super) async fn discard(store: &SeaOrmStore, id: i64) -> Result<bool, Error>
         .retrying(|| {
             store.transaction("discard a dead outbox record", async |txn| {
                 let now = crate::clock::now(txn, offset).await?;
-                let mut keys = dead_keys(txn, Some(id)).await?;
+                let mut keys = dead_keys(txn, id).await?;
                 if keys.is_empty() {
                     return Ok(false);
                 }
@@ -178,18 +227,15 @@ pub(super) async fn discard(store: &SeaOrmStore, id: i64) -> Result<bool, Error>
         .await
 }
 
-/// Deletes published records published before `before`, `batch_size` per
-/// statement, each statement its own transaction, oldest first (the order
-/// of the published index, so no sort); then the keys left idle, in
-/// batches of the same size; then registers the keys of pending records
-/// that another client inserted into the table without one (a scan of the
-/// pending records).
-pub(super) async fn purge_published(
+/// Deletes at most `limit` published records published before `before`,
+/// oldest first (the order of the published index, so no sort), in one
+/// statement and transaction.
+pub(super) async fn purge_published_batch(
     store: &SeaOrmStore,
     before: DateTime<Utc>,
-    batch_size: usize,
+    limit: usize,
 ) -> Result<u64, Error> {
-    if batch_size == 0 {
+    if limit == 0 {
         return Err(Error::InvalidArgument(
             "purge batch size must be at least 1".to_owned(),
         ));
@@ -208,22 +254,22 @@ ORDER BY published_at LIMIT :limit"
   ORDER BY published_at LIMIT :limit)"
         }
     };
-    let limit = i64::try_from(batch_size).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let params = [("before", Param::one(before)), ("limit", Param::one(limit))];
-    let mut total = 0;
-    loop {
-        let statement = render(backend, template, &params);
-        let deleted = store
-            .transaction("purge published outbox records", async |txn| {
-                Ok::<_, TxError>(txn.execute_raw(statement.clone()).await?.rows_affected())
-            })
-            .await?;
-        total += deleted;
-        if deleted < limit as u64 {
-            break;
-        }
-    }
-    // Keys left with nothing pending, in batches of the same size.
+    let statement = render(backend, template, &params);
+    store
+        .transaction("purge published outbox records", async |txn| {
+            Ok::<_, TxError>(txn.execute_raw(statement.clone()).await?.rows_affected())
+        })
+        .await
+}
+
+/// Deletes the keys left idle, `batch_size` per statement; then registers
+/// the keys of pending records that another client inserted into the table
+/// without one (a scan of the pending records).
+pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), Error> {
+    let backend = store.backend();
+    let limit = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
     loop {
         let statement = keys::delete_idle(backend, limit);
         let deleted = store
@@ -237,7 +283,6 @@ ORDER BY published_at LIMIT :limit"
             break;
         }
     }
-    // Keys of pending records that another client inserted without one.
     let offset = store.clock_offset();
     store
         .retrying(|| {
@@ -249,8 +294,7 @@ ORDER BY published_at LIMIT :limit"
                 Ok::<_, TxError>(())
             })
         })
-        .await?;
-    Ok(total)
+        .await
 }
 
 fn stats_statement(backend: DbBackend, now: DateTime<Utc>) -> Statement {
@@ -261,6 +305,8 @@ fn stats_statement(backend: DbBackend, now: DateTime<Utc>) -> Statement {
         "SELECT
   (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS pending,
   (SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND locked_until > :now) AS leased,
+  (SELECT COUNT(*) FROM outbox_keys k JOIN outbox o ON o.partition_key = k.partition_key
+   WHERE k.held_by IS NOT NULL AND o.status = 'pending') AS held,
   (SELECT COUNT(*) FROM outbox WHERE status = 'published') AS published,
   (SELECT COUNT(*) FROM outbox WHERE status = 'dead') AS dead,
   (SELECT MIN(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending_at",
@@ -284,20 +330,74 @@ pub(super) async fn stats(store: &SeaOrmStore, now: DateTime<Utc>) -> Result<Out
         Ok(OutboxStats {
             pending: count("pending")?,
             leased: count("leased")?,
+            held: count("held")?,
             published: count("published")?,
             dead: count("dead")?,
             oldest_pending_at: row.try_get("", "oldest_pending_at")?,
+            topics: Vec::new(),
         })
     };
-    match read() {
-        Ok(stats) => Ok(stats),
-        Err(error) => Err(store.fail("count outbox records", error).await),
+    let mut stats = match read() {
+        Ok(stats) => stats,
+        Err(error) => return Err(store.fail("count outbox records", error).await),
+    };
+    let rows = match store
+        .connection()
+        .query_all_raw(topic_stats_statement(store.backend()))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(error) => return Err(store.fail("count outbox records by topic", error).await),
+    };
+    match topic_stats(&rows) {
+        Ok(topics) => stats.topics = topics,
+        Err(error) => return Err(store.fail("count outbox records by topic", error).await),
     }
+    Ok(stats)
+}
+
+/// Pending and dead records by topic: the pending ones read whole (as
+/// the pending count does), the dead ones through their own index, the
+/// published ones not at all.
+fn topic_stats_statement(backend: DbBackend) -> Statement {
+    render(
+        backend,
+        "SELECT topic, 'pending' AS status, COUNT(*) AS records, MIN(created_at) AS oldest
+FROM outbox WHERE status = 'pending' GROUP BY topic
+UNION ALL
+SELECT topic, 'dead' AS status, COUNT(*) AS records, NULL AS oldest
+FROM outbox WHERE status = 'dead' GROUP BY topic
+ORDER BY topic",
+        &[],
+    )
+}
+
+fn topic_stats(rows: &[sea_orm::QueryResult]) -> Result<Vec<TopicStats>, sea_orm::DbErr> {
+    let mut topics: Vec<TopicStats> = Vec::new();
+    for row in rows {
+        let topic: String = row.try_get("", "topic")?;
+        let status: String = row.try_get("", "status")?;
+        let records = u64::try_from(row.try_get::<i64>("", "records")?).unwrap_or_default();
+        if topics.last().is_none_or(|last| last.topic != topic) {
+            topics.push(TopicStats {
+                topic,
+                ..TopicStats::default()
+            });
+        }
+        let entry = topics.last_mut().expect("pushed above");
+        if status == Status::Dead.as_str() {
+            entry.dead = records;
+        } else {
+            entry.pending = records;
+            entry.oldest_pending_at = row.try_get("", "oldest")?;
+        }
+    }
+    Ok(topics)
 }
 
 /// The operators' statements whose plans matter, for `EXPLAIN`.
 pub(super) fn statements(backend: DbBackend, now: DateTime<Utc>) -> Vec<(&'static str, Statement)> {
-    let list = list_dead_statement(backend, 0, 100);
+    let list = list_dead_statement(backend, &DeadFilter::all(), 0, 100);
     let mut requeue_all = Query::update();
     requeue_all
         .table(Entity)
@@ -316,6 +416,7 @@ WHERE status = 'dead' AND partition_key IS NOT NULL",
             ),
         ),
         ("stats", stats_statement(backend, now)),
+        ("stats by topic", topic_stats_statement(backend)),
         ("delete idle keys", keys::delete_idle(backend, 1000)),
     ]
 }

@@ -30,8 +30,10 @@ pub(super) fn check_scheme(url: &str) -> Result<(), Error> {
     }
 }
 
-/// The URL without its password and query, for messages and logs.
-pub(super) fn redact(url: &str) -> String {
+/// A database URL without its password and query, for messages and logs:
+/// `postgres://app:s3cret@db/orders?sslmode=require` becomes
+/// `postgres://app:***@db/orders`.
+pub fn redact(url: &str) -> String {
     let url = url.split(['?', '#']).next().unwrap_or_default();
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();

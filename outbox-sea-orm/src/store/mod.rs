@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use outbox_core::{
-    ClaimRequest, NewRecord, OutboxAdmin, OutboxRecord, OutboxStats, OutboxStore, Settlement,
-    StoreError,
+    ClaimRequest, DeadFilter, NewRecord, OutboxAdmin, OutboxRecord, OutboxStats, OutboxStore,
+    RecordRef, Settlement, StoreError,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -22,6 +22,7 @@ use sea_orm::{
 };
 
 pub use claim::claim_statements;
+pub use connect::redact as redact_url;
 
 /// Every statement whose plan matters, by name, as the store runs it on
 /// `backend` at `now`: the claim's three reads, the refresh of keys, and
@@ -113,6 +114,13 @@ impl SeaOrmStore {
         let store = Self::new(db);
         store.check().await?;
         Ok(store)
+    }
+
+    /// Checks that a database URL names a database this build supports,
+    /// without connecting: [`Error::UnsupportedScheme`] or
+    /// [`Error::BackendDisabled`] say what is wrong.
+    pub fn check_url(url: &str) -> Result<(), Error> {
+        connect::check_scheme(url)
     }
 
     /// Checks that the `outbox` and `outbox_keys` tables exist with the
@@ -265,30 +273,39 @@ impl OutboxStore for SeaOrmStore {
 impl OutboxAdmin for SeaOrmStore {
     async fn list_dead(
         &self,
+        filter: &DeadFilter,
         after_id: Option<i64>,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        Ok(admin::list_dead(self, after_id, limit).await?)
+        Ok(admin::list_dead(self, filter, after_id, limit).await?)
+    }
+
+    async fn find(&self, record: RecordRef) -> Result<Option<OutboxRecord>, StoreError> {
+        Ok(admin::find(self, record).await?)
     }
 
     async fn requeue(&self, id: i64) -> Result<bool, StoreError> {
-        Ok(admin::requeue(self, Some(id)).await? > 0)
+        Ok(admin::requeue(self, admin::Which::One(id)).await? > 0)
     }
 
-    async fn requeue_all(&self) -> Result<u64, StoreError> {
-        Ok(admin::requeue(self, None).await?)
+    async fn requeue_all(&self, filter: &DeadFilter) -> Result<u64, StoreError> {
+        Ok(admin::requeue(self, admin::Which::Matching(filter)).await?)
     }
 
     async fn discard(&self, id: i64) -> Result<bool, StoreError> {
         Ok(admin::discard(self, id).await?)
     }
 
-    async fn purge_published(
+    async fn purge_published_batch(
         &self,
         before: DateTime<Utc>,
-        batch_size: usize,
+        limit: usize,
     ) -> Result<u64, StoreError> {
-        Ok(admin::purge_published(self, before, batch_size).await?)
+        Ok(admin::purge_published_batch(self, before, limit).await?)
+    }
+
+    async fn tidy(&self, batch_size: usize) -> Result<(), StoreError> {
+        Ok(admin::tidy(self, batch_size).await?)
     }
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
