@@ -728,3 +728,98 @@ async fn a_late_settlement_of_a_taken_over_claim_changes_nothing() {
     sink.release.notify_one();
     second.await.unwrap().unwrap();
 }
+
+/// With `retain_published`, a running relay deletes the records published
+/// longer ago than the period, and nothing else: records published within
+/// the period, pending and dead records stay.
+#[tokio::test]
+async fn retention_purges_old_published_records_while_the_relay_runs() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    sink.fail_topic("audit", FailureKind::Permanent);
+    for n in 0..5 {
+        enqueue(&store, &[&step("a", n)]).await;
+    }
+    enqueue(
+        &store,
+        &[&Audited {
+            what: "dies".to_owned(),
+        }],
+    )
+    .await;
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .batch_size(10)
+        .poll_interval(Duration::from_millis(10))
+        .retain_published(Duration::ZERO)
+        .purge_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = async {
+        relay
+            .run(async {
+                stopped.await.ok();
+            })
+            .await;
+    };
+    let check = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(sink.delivered().len() == 5 && store.records().len() == 1) {
+            assert!(
+                Instant::now() < deadline,
+                "published records not purged: {:?}",
+                store.records()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(()).unwrap();
+    };
+    tokio::join!(running, check);
+    let left = store.records();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].status, Status::Dead, "dead records are kept");
+
+    // A period not yet over keeps what was just published.
+    enqueue(&store, &[&step("b", 0)]).await;
+    let keeping = Relay::builder(store.clone(), sink.clone())
+        .poll_interval(Duration::from_millis(10))
+        .retain_published(Duration::from_secs(3600))
+        .purge_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    keeping
+        .run(tokio::time::sleep(Duration::from_millis(200)))
+        .await;
+    assert_eq!(store.records_with_status(Status::Published).len(), 1);
+}
+
+/// `RelayStatus::health`: not ready before the first success, ready while
+/// the last success is recent, and a reason with the failures otherwise.
+#[tokio::test]
+async fn health_follows_the_last_success() {
+    let store = InMemoryStore::new();
+    let relay = relay(&store, &InMemorySink::new());
+    let window = Duration::from_secs(30);
+    let reason = relay.status().health(Utc::now(), window).unwrap_err();
+    assert!(
+        reason.contains("has not completed a batch or poll yet"),
+        "{reason}"
+    );
+
+    relay.run_once().await.unwrap();
+    let status = relay.status();
+    assert_eq!(status.health(Utc::now(), window), Ok(()));
+    let later = Utc::now() + chrono::TimeDelta::seconds(45);
+    let reason = status.health(later, window).unwrap_err();
+    assert!(reason.contains("s ago"), "{reason}");
+    assert!(reason.contains("more than 30.0s"), "{reason}");
+
+    let mut failing = status;
+    failing.consecutive_failures = 3;
+    failing.last_error = Some("database down".to_owned());
+    let reason = failing.health(later, window).unwrap_err();
+    assert!(
+        reason.contains("3 batch(es) failed in a row, the last with: database down"),
+        "{reason}"
+    );
+}

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::{Backend, TestDb, wait_until};
-use outbox_core::{InMemorySink, OutboxAdmin, OutboxEvent, Relay};
+use outbox_core::{InMemorySink, NewRecord, OutboxAdmin, OutboxEvent, OutboxStore, Relay};
 use outbox_sea_orm::enqueue_all;
-use sea_orm::TransactionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
@@ -141,4 +141,82 @@ async fn drain(db: TestDb) {
         (stats.published, stats.pending, stats.leased, stats.dead),
         (total as u64, 0, 0, 0)
     );
+}
+
+/// A relay with `retain_published` purges what it published (2,500
+/// records, more than one purge batch) and tidies the keys left idle.
+async fn retention(db: TestDb) {
+    let store = db.store();
+    let records: Vec<NewRecord> = (0..2500)
+        .map(|seq| {
+            NewRecord::from_event(&Step {
+                key: format!("k{}", seq % 50),
+                seq,
+            })
+            .unwrap()
+        })
+        .collect();
+    for chunk in records.chunks(500) {
+        store.enqueue(chunk).await.unwrap();
+    }
+    let sink = InMemorySink::new();
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .batch_size(500)
+        .poll_interval(Duration::from_millis(20))
+        .retain_published(Duration::ZERO)
+        .purge_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let check = async {
+        wait_until("published records purged", Duration::from_secs(60), || {
+            let store = store.clone();
+            let sink = sink.clone();
+            async move {
+                let stats = store.stats(Utc::now()).await.unwrap();
+                sink.delivered().len() >= 2500 && stats.pending == 0 && stats.published == 0
+            }
+        })
+        .await;
+        stop.send(()).unwrap();
+    };
+    tokio::join!(
+        relay.run(async {
+            stopped.await.ok();
+        }),
+        check
+    );
+    let keys = db
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.db_backend(),
+            "SELECT COUNT(*) AS n FROM outbox_keys",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert_eq!(keys, 0, "the keys left idle are deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_in_batches_on_postgres() {
+    if let Some(db) = TestDb::new(Backend::Postgres).await {
+        retention(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_in_batches_on_mariadb() {
+    if let Some(db) = TestDb::new(Backend::MySql).await {
+        retention(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_in_batches_on_sqlite_file() {
+    if let Some(db) = TestDb::new(Backend::SqliteFile).await {
+        retention(db).await;
+    }
 }
