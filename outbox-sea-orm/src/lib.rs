@@ -79,6 +79,7 @@
 //! - `testkit`: `SeaOrmStore` implements `outbox_core::testkit::TestStore`,
 //!   to run the store conformance suite, which moves the store's clock.
 
+mod classify;
 mod clock;
 mod enqueue;
 pub mod entity;
