@@ -271,6 +271,7 @@ pub(crate) async fn database_name<C: ConnectionTrait>(db: &C) -> Result<Option<S
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as StdError;
     use std::fmt;
 
     use super::codes::{code_class, mysql_class, mysql_number_in, sqlite_class, sqlstate_class};
