@@ -68,6 +68,10 @@ mod error;
 mod headers;
 mod sink;
 
+/// The rdkafka this crate is built with, so an application configures the
+/// sink and reads topics without pinning the same version by hand.
+pub use rdkafka;
+
 pub use decode::{DecodedEvent, decode_message, decode_message_as};
 pub use error::Error;
 pub use headers::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER};
