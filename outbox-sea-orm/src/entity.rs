@@ -79,6 +79,9 @@ impl TryFrom<Model> for OutboxRecord {
     fn try_from(row: Model) -> Result<Self, Error> {
         let invalid = |reason: String| Error::InvalidRow { id: row.id, reason };
         let status = Status::from_str(&row.status).map_err(|e| invalid(e.to_string()))?;
+        // Another client may have written the row: a payload that is not
+        // JSON would reach consumers as a message no one can decode.
+        check_json(&row.payload).map_err(|e| invalid(format!("the payload is not JSON: {e}")))?;
         let headers: Headers = serde_json::from_str(&row.headers)
             .map_err(|e| invalid(format!("headers are not a JSON object of strings: {e}")))?;
         let schema_version = u32::try_from(row.schema_version)
@@ -101,6 +104,14 @@ impl TryFrom<Model> for OutboxRecord {
             available_at: row.available_at,
         })
     }
+}
+
+/// Checks that `text` is one JSON value, without building it.
+fn check_json(text: &str) -> Result<(), serde_json::Error> {
+    use serde::Deserialize;
+    let mut json = serde_json::Deserializer::from_str(text);
+    serde::de::IgnoredAny::deserialize(&mut json)?;
+    json.end()
 }
 
 impl Model {
@@ -126,5 +137,19 @@ impl Model {
                 available_at: self.available_at,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_must_be_one_json_value() {
+        assert!(check_json(r#"{"order": 7, "lines": [1, 2]}"#).is_ok());
+        assert!(check_json(" 42 ").is_ok());
+        assert!(check_json("not json {").is_err());
+        assert!(check_json("{} {}").is_err(), "two values");
+        assert!(check_json("").is_err());
     }
 }
