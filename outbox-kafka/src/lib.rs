@@ -75,4 +75,4 @@ pub use rdkafka;
 pub use decode::{DecodedEvent, decode_message, decode_message_as};
 pub use error::Error;
 pub use headers::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER};
-pub use sink::{KafkaSink, KafkaSinkBuilder};
+pub use sink::{KafkaSink, KafkaSinkBuilder, TracingContext};

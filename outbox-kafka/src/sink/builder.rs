@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use outbox_core::OutboxRecord;
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::producer::FutureProducer;
 
-use super::KafkaSink;
 use super::routing::Routing;
+use super::{KafkaSink, TracingContext};
 use crate::Error;
 
 /// Configures a [`KafkaSink`]: the rdkafka [`ClientConfig`] it was started
@@ -26,11 +28,24 @@ use crate::Error;
 /// # Ok::<(), outbox_kafka::Error>(())
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
-#[derive(Debug)]
-pub struct KafkaSinkBuilder {
+pub struct KafkaSinkBuilder<C = TracingContext> {
     config: ClientConfig,
     routing: Routing,
     unknown_topic_is_permanent: bool,
+    context: Option<C>,
+}
+
+impl<C> std::fmt::Debug for KafkaSinkBuilder<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSinkBuilder")
+            .field("config", &self.config)
+            .field("routing", &self.routing)
+            .field(
+                "unknown_topic_is_permanent",
+                &self.unknown_topic_is_permanent,
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl KafkaSinkBuilder {
@@ -39,6 +54,56 @@ impl KafkaSinkBuilder {
             config,
             routing: Routing::default(),
             unknown_topic_is_permanent: false,
+            context: Some(TracingContext),
+        }
+    }
+}
+
+impl<C> KafkaSinkBuilder<C> {
+    pub(super) fn without_context(config: ClientConfig) -> Self {
+        Self {
+            config,
+            routing: Routing::default(),
+            unknown_topic_is_permanent: false,
+            context: None,
+        }
+    }
+
+    /// Makes the producer with `context`, an rdkafka
+    /// [`ClientContext`] of your own: an OAUTHBEARER or AWS MSK IAM token
+    /// refresh, the statistics callback. It replaces the default
+    /// [`TracingContext`]; the sink clones it for the producer it makes
+    /// after a fatal error. Default: [`TracingContext`].
+    ///
+    /// ```no_run
+    /// use outbox_kafka::KafkaSink;
+    /// use outbox_kafka::rdkafka::{ClientConfig, ClientContext, Statistics};
+    ///
+    /// #[derive(Clone)]
+    /// struct Stats;
+    ///
+    /// impl ClientContext for Stats {
+    ///     fn stats(&self, statistics: Statistics) {
+    ///         println!("{} messages in the producer's queue", statistics.msg_cnt);
+    ///     }
+    /// }
+    ///
+    /// let mut config = ClientConfig::new();
+    /// config
+    ///     .set("bootstrap.servers", "kafka:9092")
+    ///     .set("statistics.interval.ms", "10000");
+    /// let sink = KafkaSink::builder(config).context(Stats).build()?;
+    /// # Ok::<(), outbox_kafka::Error>(())
+    /// ```
+    pub fn context<D>(self, context: D) -> KafkaSinkBuilder<D>
+    where
+        D: ClientContext + Clone + 'static,
+    {
+        KafkaSinkBuilder {
+            config: self.config,
+            routing: self.routing,
+            unknown_topic_is_permanent: self.unknown_topic_is_permanent,
+            context: Some(context),
         }
     }
 
@@ -88,12 +153,45 @@ impl KafkaSinkBuilder {
     /// name or value or a combination of them. No connection is made, so
     /// an unreachable broker is not an error here: its records fail
     /// retriably when published.
-    pub fn build(self) -> Result<KafkaSink, Error> {
+    pub fn build(self) -> Result<KafkaSink<C>, Error>
+    where
+        C: ClientContext + Clone + 'static,
+    {
         let Self {
             config,
             routing,
             unknown_topic_is_permanent,
+            context,
         } = self;
+        check_prefix(&routing)?;
+        let context = context.ok_or_else(|| {
+            Error::Config("the sink has no client context to make a producer with".to_owned())
+        })?;
+        KafkaSink::create(
+            config,
+            routing,
+            unknown_topic_is_permanent,
+            Box::new(move || context.clone()),
+        )
+    }
+
+    /// [`KafkaSink::from_producer`], with these options.
+    pub(super) fn wrap(self, producer: FutureProducer<C>) -> Result<KafkaSink<C>, Error>
+    where
+        C: ClientContext + 'static,
+    {
+        check_prefix(&self.routing)?;
+        KafkaSink::adopt(
+            producer,
+            self.config,
+            self.routing,
+            self.unknown_topic_is_permanent,
+        )
+    }
+}
+
+fn check_prefix(routing: &Routing) -> Result<(), Error> {
+    {
         if let Some(bad) = routing
             .prefix
             .chars()
@@ -105,6 +203,6 @@ impl KafkaSinkBuilder {
                 routing.prefix
             )));
         }
-        KafkaSink::create(config, routing, unknown_topic_is_permanent)
+        Ok(())
     }
 }

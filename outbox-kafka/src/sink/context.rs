@@ -5,10 +5,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 
-/// Forwards librdkafka's logs and client-level errors to `tracing`, under
-/// the target `librdkafka`.
+/// The default client context of a [`KafkaSink`](crate::KafkaSink): it
+/// forwards librdkafka's logs and client-level errors to `tracing`, under
+/// the target `librdkafka`. A context of your own
+/// ([`KafkaSinkBuilder::context`](crate::KafkaSinkBuilder::context))
+/// replaces it; call its methods from yours to keep these logs.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TracingContext;
+pub struct TracingContext;
 
 impl ClientContext for TracingContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {

@@ -32,12 +32,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use outbox_core::{OutboxRecord, Outcome, Sink};
 use rdkafka::ClientConfig;
-use rdkafka::producer::Producer as _;
+use rdkafka::client::ClientContext;
+use rdkafka::producer::{FutureProducer, Producer as _};
 
 pub use builder::KafkaSinkBuilder;
+pub use context::TracingContext;
 
-use self::context::TracingContext;
-use self::publish::{Limits, Producer, RecordResult, publish_batch};
+use self::publish::{Limits, RecordResult, publish_batch};
 use self::routing::Routing;
 use crate::Error;
 use crate::config::{apply_defaults, check_bootstrap, message_timeout};
@@ -135,12 +136,22 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 /// the same configuration.
 ///
 /// Clones share the producer.
-#[derive(Clone)]
-pub struct KafkaSink {
-    inner: Arc<Inner>,
+pub struct KafkaSink<C: ClientContext + 'static = TracingContext> {
+    inner: Arc<Inner<C>>,
 }
 
-struct Inner {
+impl<C: ClientContext + 'static> Clone for KafkaSink<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// Makes a producer's context: a clone of the one the sink was built with.
+type ContextFactory<C> = Box<dyn Fn() -> C + Send + Sync>;
+
+struct Inner<C: ClientContext + 'static> {
     /// The user's configuration plus the defaults.
     config: ClientConfig,
     /// The defaults added, as `property=value`.
@@ -148,7 +159,10 @@ struct Inner {
     routing: Routing,
     limits: Limits,
     /// Replaced after a fatal error.
-    producer: RwLock<Arc<Producer>>,
+    producer: RwLock<Arc<FutureProducer<C>>>,
+    /// The context of a replacement; `None` for a producer the
+    /// application made ([`KafkaSink::from_producer`]).
+    context: Option<ContextFactory<C>>,
 }
 
 impl KafkaSink {
@@ -180,6 +194,32 @@ impl KafkaSink {
     pub fn builder(config: ClientConfig) -> KafkaSinkBuilder {
         KafkaSinkBuilder::new(config)
     }
+}
+
+impl<C: ClientContext + 'static> KafkaSink<C> {
+    /// A sink over a producer the application made (to share it, or with a
+    /// context of its own), with `config`, the configuration it was made
+    /// from: the sink checks it as [`KafkaSinkBuilder::build`] does, so it
+    /// must set `message.timeout.ms` (below the relay's lease; librdkafka's
+    /// own default is 5 minutes), but it cannot add its defaults to a
+    /// producer that exists, so it logs a warning for each default the
+    /// configuration lacks (`enable.idempotence=true`, `acks=all`: without
+    /// them a broker failure can lose or duplicate records). After a fatal
+    /// producer error the sink cannot make a new producer: every record
+    /// fails retriably, saying so, until the application restarts the
+    /// relay with a new one. [`KafkaSink::builder`] with
+    /// [`context`](KafkaSinkBuilder::context) has neither limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] as [`KafkaSinkBuilder::build`] returns it.
+    pub fn from_producer(producer: FutureProducer<C>, config: ClientConfig) -> Result<Self, Error> {
+        Self::builder_for_producer(config).wrap(producer)
+    }
+
+    fn builder_for_producer(config: ClientConfig) -> KafkaSinkBuilder<C> {
+        KafkaSinkBuilder::without_context(config)
+    }
 
     /// The configuration the producer runs with: yours plus the defaults.
     pub fn client_config(&self) -> &ClientConfig {
@@ -193,47 +233,108 @@ impl KafkaSink {
         self.inner.limits.timeout
     }
 
+    /// The producer the sink publishes with now (a new one after a fatal
+    /// error).
+    pub fn producer(&self) -> Arc<FutureProducer<C>> {
+        self.inner.current()
+    }
+
     fn create(
         mut config: ClientConfig,
         routing: Routing,
         unknown_topic_is_permanent: bool,
+        context: ContextFactory<C>,
     ) -> Result<Self, Error> {
         check_bootstrap(&config)?;
         let defaults_applied = apply_defaults(&mut config);
         let timeout = message_timeout(&config)?;
-        let producer = create_producer(&config, &defaults_applied)?;
-        Ok(Self {
+        let producer = create_producer(&config, &defaults_applied, context())?;
+        Ok(Self::assemble(
+            config,
+            defaults_applied,
+            routing,
+            Limits {
+                timeout,
+                unknown_topic_is_permanent,
+            },
+            producer,
+            Some(context),
+        ))
+    }
+
+    fn adopt(
+        producer: FutureProducer<C>,
+        config: ClientConfig,
+        routing: Routing,
+        unknown_topic_is_permanent: bool,
+    ) -> Result<Self, Error> {
+        check_bootstrap(&config)?;
+        let timeout = message_timeout(&config)?;
+        let mut with_defaults = config.clone();
+        for missing in apply_defaults(&mut with_defaults) {
+            if missing.starts_with("enable.idempotence") || missing.starts_with("acks") {
+                tracing::warn!(
+                    property = %missing,
+                    "the producer given to the Kafka sink was made without this setting, which \
+                     the sink would add: a broker failure may lose or duplicate records"
+                );
+            }
+        }
+        Ok(Self::assemble(
+            config,
+            Vec::new(),
+            routing,
+            Limits {
+                timeout,
+                unknown_topic_is_permanent,
+            },
+            producer,
+            None,
+        ))
+    }
+
+    fn assemble(
+        config: ClientConfig,
+        defaults_applied: Vec<String>,
+        routing: Routing,
+        limits: Limits,
+        producer: FutureProducer<C>,
+        context: Option<ContextFactory<C>>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 config,
                 defaults_applied,
                 routing,
-                limits: Limits {
-                    timeout,
-                    unknown_topic_is_permanent,
-                },
+                limits,
                 producer: RwLock::new(Arc::new(producer)),
+                context,
             }),
-        })
+        }
     }
 }
 
-fn create_producer(config: &ClientConfig, defaults_applied: &[String]) -> Result<Producer, Error> {
+fn create_producer<C: ClientContext + 'static>(
+    config: &ClientConfig,
+    defaults_applied: &[String],
+    context: C,
+) -> Result<FutureProducer<C>, Error> {
     config
-        .create_with_context(TracingContext)
+        .create_with_context(context)
         .map_err(|error| Error::Producer {
             error,
             defaults_applied: defaults_applied.to_vec(),
         })
 }
 
-impl Inner {
-    fn current(&self) -> Arc<Producer> {
+impl<C: ClientContext + 'static> Inner<C> {
+    fn current(&self) -> Arc<FutureProducer<C>> {
         Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Replaces `failed` with a new producer, unless a concurrent batch
     /// already did.
-    fn replace(&self, failed: &Arc<Producer>) -> Result<(), Error> {
+    fn replace(&self, failed: &Arc<FutureProducer<C>>) -> Result<(), Error> {
         let mut slot = self
             .producer
             .write()
@@ -241,7 +342,19 @@ impl Inner {
         if !Arc::ptr_eq(&slot, failed) {
             return Ok(());
         }
-        let fresh = Arc::new(create_producer(&self.config, &self.defaults_applied)?);
+        let Some(context) = &self.context else {
+            return Err(Error::Config(
+                "the producer given to KafkaSink::from_producer failed fatally and the sink \
+                 cannot make another: restart the relay with a new producer, or build the sink \
+                 with KafkaSink::builder(config).context(..) so it can replace it"
+                    .to_owned(),
+            ));
+        };
+        let fresh = Arc::new(create_producer(
+            &self.config,
+            &self.defaults_applied,
+            context(),
+        )?);
         let old = std::mem::replace(&mut *slot, fresh);
         drop(slot);
         dispose(old);
@@ -252,7 +365,7 @@ impl Inner {
 /// Drops a producer handle away from the async workers: dropping the last
 /// one purges, waits up to half a second for the purged reports and joins
 /// librdkafka's threads.
-fn dispose(producer: Arc<Producer>) {
+fn dispose<C: ClientContext + 'static>(producer: Arc<FutureProducer<C>>) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             runtime.spawn_blocking(move || drop(producer));
@@ -270,7 +383,7 @@ fn outcome(result: RecordResult) -> Outcome {
 }
 
 #[async_trait]
-impl Sink for KafkaSink {
+impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
         let outcomes: Mutex<Vec<Option<Outcome>>> =
             Mutex::new(records.iter().map(|_| None).collect());
@@ -343,7 +456,11 @@ impl Sink for KafkaSink {
 /// A Kafka failure of `record` once `producer` has failed fatally is the
 /// producer's failure, not the record's: [`Error::ProducerFatal`], retried
 /// with the next producer.
-fn unless_fatal(producer: &Producer, record: &OutboxRecord, result: RecordResult) -> RecordResult {
+fn unless_fatal<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    record: &OutboxRecord,
+    result: RecordResult,
+) -> RecordResult {
     match result {
         Err(Error::Delivery { .. } | Error::DeliveryTimeout { .. }) => {
             match producer.client().fatal_error() {
@@ -359,7 +476,7 @@ fn unless_fatal(producer: &Producer, record: &OutboxRecord, result: RecordResult
     }
 }
 
-impl fmt::Debug for KafkaSink {
+impl<C: ClientContext + 'static> fmt::Debug for KafkaSink<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSink")
             .field("config", &self.inner.config)

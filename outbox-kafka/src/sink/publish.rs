@@ -8,18 +8,15 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use outbox_core::OutboxRecord;
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::time::Instant;
 
-use super::context::TracingContext;
 use super::routing::{Routing, check_topic};
 use crate::Error;
 use crate::classify::{Class, classify};
 use crate::headers::message_headers;
-
-/// The producer the sink drives.
-pub(crate) type Producer = FutureProducer<TracingContext>;
 
 /// How long to wait before enqueuing again when the producer's queue is
 /// full: a delivery report of the batch's own, or of a concurrent batch's,
@@ -67,13 +64,14 @@ pub(crate) struct Limits {
 /// `message.timeout.ms` from when it became ready. A long chain therefore
 /// takes as long as its records need, and a slow record delays only its own
 /// key.
-pub(crate) async fn publish_batch<F>(
-    producer: &Producer,
+pub(crate) async fn publish_batch<C, F>(
+    producer: &FutureProducer<C>,
     records: &[OutboxRecord],
     routing: &Routing,
     limits: Limits,
     report: F,
 ) where
+    C: ClientContext + 'static,
     F: FnMut(usize, RecordResult) + Send,
 {
     let topics: Vec<Cow<'_, str>> = records.iter().map(|r| routing.topic(r)).collect();
@@ -183,8 +181,8 @@ pub(crate) async fn publish_batch<F>(
 }
 
 /// Hands one record to the producer without waiting for it to be sent.
-fn enqueue(
-    producer: &Producer,
+fn enqueue<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
     record: &OutboxRecord,
     topic: &str,
 ) -> Result<DeliveryFuture, KafkaError> {
