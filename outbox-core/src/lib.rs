@@ -10,7 +10,10 @@
 //! - [`OutboxStore`] (enqueue, claim, [`Settlement`]) and [`OutboxAdmin`]
 //!   (list, requeue and discard dead records, purge, stats): what a
 //!   database adapter implements (`outbox-sea-orm`).
-//! - [`Sink`]: what a transport implements (`outbox-kafka`).
+//! - [`Sink`]: what a transport implements (`outbox-kafka`, `outbox-nats`),
+//!   built on [`publish_by_key`], which keeps the per-key rules given a
+//!   function that sends one record; [`sink_fn`] makes a whole sink of such
+//!   a function.
 //! - [`Relay`]: claims batches under a lease, publishes them, settles each
 //!   record as soon as its outcome is known, retries with
 //!   [`ExponentialBackoff`] (forever unless a [`RetryPolicy`] limits it),
@@ -56,7 +59,9 @@
 //! # Feature flags
 //!
 //! - `derive` (default): re-exports `#[derive(OutboxEvent)]`.
-//! - `testkit`: [`testkit`], the conformance suite every store runs.
+//! - `testkit`: [`testkit`], the conformance suites every store
+//!   ([`store_conformance_tests!`]) and every sink
+//!   ([`sink_conformance_tests!`]) runs.
 
 mod clock;
 mod error;
@@ -65,7 +70,7 @@ mod memory;
 mod record;
 mod relay;
 mod retry;
-mod sink;
+pub mod sink;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -78,7 +83,7 @@ pub use memory::{FailureKind, InMemorySink, InMemoryStore};
 pub use record::{Headers, NewRecord, OutboxRecord, Status};
 pub use relay::{DeadKeyPolicy, Relay, RelayBuilder, RelayStatus, RunReport, describe_metrics};
 pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
-pub use sink::{Outcome, Sink, error_chain};
+pub use sink::{HeldBack, Outcome, Sink, SinkFn, error_chain, publish_by_key, sink_fn};
 pub use store::{
     ClaimRequest, DeadFilter, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Retry,
     Settlement, TopicStats,

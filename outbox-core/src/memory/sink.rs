@@ -1,4 +1,5 @@
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::event::TypedEvent;
 use crate::record::OutboxRecord;
-use crate::sink::{Outcome, Sink};
+use crate::sink::{Outcome, Sink, collect_outcomes, publish_by_key};
 
 /// How an injected failure is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,8 +24,10 @@ pub enum FailureKind {
 /// [`events`](InMemorySink::events). It can fail on purpose
 /// ([`fail_next`](InMemorySink::fail_next),
 /// [`fail_topic`](InMemorySink::fail_topic)), and it keeps per-key order
-/// as the [`Sink`] contract asks: after a failed record, later records of
-/// the same key in the batch are not delivered. Clones share state.
+/// as the [`Sink`] contract asks, through
+/// [`publish_by_key`]: a key's records are delivered one after
+/// the other, every key at once, and after a failed record, later records
+/// of the same key in the batch are not delivered. Clones share state.
 #[derive(Debug, Clone, Default)]
 pub struct InMemorySink {
     state: Arc<Mutex<State>>,
@@ -75,7 +78,10 @@ impl InMemorySink {
     }
 
     /// Fails the next `count` records handed to the sink with `kind`
-    /// (records of failing topics do not use them up).
+    /// (records of failing topics do not use them up, nor do records held
+    /// back behind a failure). Records are handed over in this order: the
+    /// first record of each key (and every keyless record) in batch order,
+    /// then each key's next record once the previous one is delivered.
     pub fn fail_next(&self, count: usize, kind: FailureKind) {
         self.lock()
             .fail_next
@@ -114,23 +120,30 @@ impl InMemorySink {
 #[async_trait]
 impl Sink for InMemorySink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        collect_outcomes(self, records).await
+    }
+
+    async fn publish_each(
+        &self,
+        records: &[OutboxRecord],
+        report: &(dyn Fn(usize, Outcome) + Send + Sync),
+    ) {
         let latency = self.lock().latency;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let mut state = self.lock();
-        state.batches += 1;
-        let mut failed_keys: HashSet<&str> = HashSet::new();
-        let mut outcomes = Vec::with_capacity(records.len());
-        for record in records {
-            let key = record.key.as_deref();
-            if key.is_some_and(|key| failed_keys.contains(key)) {
-                outcomes.push(Outcome::retriable(format!(
-                    "held back: an earlier record of key {:?} failed in this batch",
-                    record.key.as_deref().unwrap_or_default()
-                )));
-                continue;
-            }
+        self.lock().batches += 1;
+        publish_by_key(records, report, |record| self.send(record)).await;
+    }
+}
+
+impl InMemorySink {
+    /// Delivers `record` or fails it as injected, at once; the outcome
+    /// comes back after one turn of the scheduler, as a broker's
+    /// acknowledgement would, so the reports of a batch come one by one.
+    fn send(&self, record: &OutboxRecord) -> impl Future<Output = Outcome> + use<> {
+        let outcome = {
+            let mut state = self.lock();
             let failure = match state.failing_topics.get(&record.topic) {
                 Some(kind) => Some(*kind),
                 None => state.fail_next.pop_front(),
@@ -138,20 +151,20 @@ impl Sink for InMemorySink {
             match failure {
                 None => {
                     state.delivered.push(record.clone());
-                    outcomes.push(Outcome::Delivered);
+                    Outcome::Delivered
                 }
                 Some(kind) => {
-                    if let Some(key) = key {
-                        failed_keys.insert(key);
-                    }
                     let message = format!("injected failure on topic `{}`", record.topic);
-                    outcomes.push(match kind {
+                    match kind {
                         FailureKind::Retriable => Outcome::retriable(message),
                         FailureKind::Permanent => Outcome::permanent(message),
-                    });
+                    }
                 }
             }
+        };
+        async move {
+            tokio::task::yield_now().await;
+            outcome
         }
-        outcomes
     }
 }

@@ -1,14 +1,36 @@
-//! The transport side: [`Sink`] and the [`Outcome`] of each record.
+//! The transport side: [`Sink`], the [`Outcome`] of each record, and the
+//! parts a sink is built from.
+//!
+//! A sink needs one thing of its own: a way to send one record and learn
+//! what became of it. [`publish_by_key`] turns that into a batch that keeps
+//! the sink contract (per-key order, the rest of a key held back after a
+//! failure, one outcome per record as soon as known), and [`sink_fn`] makes
+//! a whole [`Sink`] of it. The sink conformance suite
+//! ([`sink_conformance_tests!`](crate::sink_conformance_tests), feature
+//! `testkit`) checks the result against a real destination.
+
+mod by_key;
+mod sink_fn;
 
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
+
+pub use by_key::{HeldBack, publish_by_key};
+pub use sink_fn::{SinkFn, sink_fn};
 
 use crate::error::BoxError;
 use crate::record::OutboxRecord;
 
 /// Where the relay publishes records: Kafka in production
-/// (`outbox-kafka`), an [`InMemorySink`](crate::InMemorySink) in tests.
+/// (`outbox-kafka`), NATS JetStream (`outbox-nats`), an
+/// [`InMemorySink`](crate::InMemorySink) in tests.
+///
+/// To write one, implement [`publish_each`](Sink::publish_each) with
+/// [`publish_by_key`] and a function that sends one record, and
+/// [`publish`](Sink::publish) with [`collect_outcomes`]; or let
+/// [`sink_fn`] do both.
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Publishes a batch and returns one [`Outcome`] per record, in the
@@ -129,6 +151,35 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Publishes `records` with `sink`'s [`publish_each`](Sink::publish_each)
+/// and returns the outcomes in the order of `records`: the
+/// [`publish`](Sink::publish) of a sink whose `publish_each` does the work.
+/// A record that `publish_each` left without an outcome gets a retriable
+/// one saying so; of a record reported twice, the first report counts.
+pub async fn collect_outcomes<S: Sink + ?Sized>(
+    sink: &S,
+    records: &[OutboxRecord],
+) -> Vec<Outcome> {
+    let outcomes: Mutex<Vec<Option<Outcome>>> = Mutex::new(records.iter().map(|_| None).collect());
+    sink.publish_each(records, &|index, outcome| {
+        let mut outcomes = outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot @ None) = outcomes.get_mut(index) {
+            *slot = Some(outcome);
+        }
+    })
+    .await;
+    outcomes
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|| {
+                Outcome::retriable("the sink reported no outcome for this record")
+            })
+        })
+        .collect()
 }
 
 /// Proves that [`Sink`] is object safe.
