@@ -1,6 +1,7 @@
 //! The store conformance suite: the behaviour every [`OutboxStore`] and
 //! [`OutboxAdmin`] must show, run by the in-memory store here and by every
-//! database backend of `outbox-sea-orm`.
+//! database backend of `outbox-sea-orm`. The sink conformance suite is in
+//! [`sink`]; the crash-point explorer in [`explore`].
 //!
 //! ```ignore
 //! async fn store() -> Option<(MyStore, MyGuard)> { /* a fresh, empty store */ }
@@ -28,6 +29,7 @@ use crate::{
 };
 
 pub mod explore;
+pub mod sink;
 
 /// What a store must be to run the suite: a store whose clock a test can
 /// move forward.
