@@ -10,6 +10,7 @@
 //! `testkit`) checks the result against a real destination.
 
 mod by_key;
+mod headers;
 mod sink_fn;
 
 use std::fmt;
@@ -18,6 +19,9 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 
 pub use by_key::{HeldBack, publish_by_key};
+pub use headers::{
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER, is_outbox_header, message_headers,
+};
 pub use sink_fn::{SinkFn, sink_fn};
 
 use crate::error::BoxError;
