@@ -7,6 +7,9 @@
 //!   records, which the claim reads instead of the records behind blocked
 //!   keys ([`m20261201_000001_key_heads`]).
 //! - [`migrations`]: both, in order.
+//! - [`Inbox`]: the consumer's `inbox` table (`outbox_sea_orm::inbox`),
+//!   for services that consume outbox events; not part of
+//!   [`migrations`] ([`inbox_migrations`]).
 //! - [`Migrator`]: a migrator with just these, for services that keep no
 //!   migrations of their own.
 //!
@@ -47,13 +50,21 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_outbox_table;
 pub mod m20261201_000001_key_heads;
+pub mod m20261202_000001_inbox;
 
 pub use m20261128_000001_create_outbox_table::Migration;
 pub use m20261201_000001_key_heads::Migration as KeyHeads;
+pub use m20261202_000001_inbox::Migration as Inbox;
 
 /// Every outbox migration, in order: add them to your own `Migrator`.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![Box::new(Migration), Box::new(KeyHeads)]
+}
+
+/// The consumer's inbox migration: add it to your `Migrator` in a service
+/// that handles outbox events.
+pub fn inbox_migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(Inbox)]
 }
 
 /// Runs the outbox migrations, for services without a migrator of their

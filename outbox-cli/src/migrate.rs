@@ -23,11 +23,18 @@ pub(crate) struct MigrateArgs {
     /// Only list the outbox migrations, applied or pending; change nothing.
     #[arg(long)]
     status: bool,
+    /// Also the consumer's inbox table (`outbox_sea_orm::inbox`), for a
+    /// service that handles outbox events.
+    #[arg(long)]
+    inbox: bool,
 }
 
 pub(crate) async fn run(url: &str, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let db = connect(url).await?;
-    let migrations = migration::migrations();
+    let mut migrations = migration::migrations();
+    if args.inbox {
+        migrations.extend(migration::inbox_migrations());
+    }
     if args.status {
         let applied = applied(&db).await.unwrap_or_default();
         for migration in &migrations {

@@ -201,6 +201,12 @@ async fn migrate_creates_the_tables_beside_a_services_own_migrations() {
         assert_ok(&out);
         assert!(stdout(&out).contains("up to date"), "{}", stdout(&out));
 
+        let mut inbox = outbox(&db.url);
+        inbox.args(["migrate", "--inbox"]);
+        let out = output(inbox).await;
+        assert_ok(&out);
+        assert_eq!(stdout(&out).trim(), "applied  m20261202_000001_inbox");
+
         let mut status = outbox(&db.url);
         status.args(["migrate", "--status"]);
         let out = output(status).await;

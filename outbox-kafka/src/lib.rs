@@ -63,6 +63,7 @@
 
 mod classify;
 mod config;
+mod consume;
 mod decode;
 mod error;
 mod headers;
@@ -72,6 +73,7 @@ mod sink;
 /// sink and reads topics without pinning the same version by hand.
 pub use rdkafka;
 
+pub use consume::{HandleError, Handled, handle_message};
 pub use decode::{DecodedEvent, decode_message, decode_message_as};
 pub use error::Error;
 pub use headers::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER};

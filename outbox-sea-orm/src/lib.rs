@@ -84,6 +84,7 @@ mod clock;
 mod enqueue;
 pub mod entity;
 mod error;
+pub mod inbox;
 mod keys;
 mod sql;
 mod store;

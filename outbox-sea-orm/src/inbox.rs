@@ -1,0 +1,176 @@
+//! The consumer's half of effectively once: an inbox of the events a
+//! consumer has handled, written in the same transaction as the handling.
+//!
+//! The relay delivers every event at least once, so a consumer sees some
+//! twice (a relay crash between publishing and marking, a consumer crash
+//! between its database commit and its offset commit). Recording the event
+//! id in the consumer's own transaction, before its writes, makes the
+//! second delivery a no-op: [`record`] says whether the event is new, and
+//! [`handle`] runs a handler only for a new one, committing the handler's
+//! writes and the inbox entry together. Commit the Kafka offset after that
+//! transaction commits (`outbox_kafka::handle_message` does).
+//!
+//! The table is `inbox` (migration `migration::Inbox`, not part of the
+//! outbox's own migrations): one row per consumer and event id.
+//!
+//! ```no_run
+//! # use uuid::Uuid;
+//! # async fn example(db: sea_orm::DatabaseConnection, event_id: Uuid) -> Result<(), sea_orm::DbErr> {
+//! use sea_orm::{ConnectionTrait, DbErr};
+//!
+//! let handled = outbox_sea_orm::inbox::handle(&db, "billing", event_id, |txn| {
+//!     Box::pin(async move {
+//!         txn.execute_unprepared("UPDATE accounts SET balance = balance - 1250 WHERE id = 7")
+//!             .await?;
+//!         Ok::<_, DbErr>(())
+//!     })
+//! })
+//! .await
+//! .map_err(|error| DbErr::Custom(error.to_string()))?;
+//! if handled.is_none() {
+//!     // Delivered before: nothing was done this time.
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, TransactionError, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::error::{Error, fail};
+use crate::sql::{Param, render};
+
+/// The longest consumer name (the `consumer` column).
+const MAX_CONSUMER: usize = 255;
+
+/// Records, in the caller's transaction `txn`, that `consumer` handled
+/// `event_id`. Returns `true` the first time, `false` when it was recorded
+/// already (a redelivery: skip the handling).
+///
+/// Call it first in the transaction that does the handling's writes, so
+/// both commit or neither. A second transaction recording the same event
+/// for the same consumer waits at this call until the first ends, then
+/// gets `false` if the first committed.
+pub async fn record<C: ConnectionTrait>(
+    txn: &C,
+    consumer: &str,
+    event_id: Uuid,
+) -> Result<bool, Error> {
+    if consumer.is_empty() || consumer.chars().count() > MAX_CONSUMER {
+        return Err(Error::InvalidArgument(format!(
+            "the inbox consumer name must be 1 to {MAX_CONSUMER} characters, got {:?}",
+            consumer
+        )));
+    }
+    let template = match txn.get_database_backend() {
+        // The name is checked above and the id is fixed-size, so the only
+        // error IGNORE can turn into a warning is the duplicate key.
+        DbBackend::MySql => {
+            "INSERT IGNORE INTO inbox (consumer, event_id, processed_at) \
+             VALUES (:consumer, :event_id, :now)"
+        }
+        _ => {
+            "INSERT INTO inbox (consumer, event_id, processed_at) \
+             VALUES (:consumer, :event_id, :now) ON CONFLICT DO NOTHING"
+        }
+    };
+    let statement = render(
+        txn.get_database_backend(),
+        template,
+        &[
+            ("consumer", Param::one(consumer)),
+            ("event_id", Param::one(event_id)),
+            ("now", Param::one(Utc::now())),
+        ],
+    );
+    match txn.execute_raw(statement).await {
+        Ok(result) => Ok(result.rows_affected() == 1),
+        Err(error) => Err(fail(txn, "record an event in the inbox", error).await),
+    }
+}
+
+/// A handler's transaction body, as SeaORM's
+/// [`transaction`](TransactionTrait::transaction) takes it.
+pub type Handler<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
+
+/// Runs `handler` in a new transaction on `db`, once per event and
+/// consumer: the transaction first [`record`]s the event; if it is new,
+/// `handler` does its writes and everything commits together
+/// (`Ok(Some(value))`); if it was handled before, nothing is done
+/// (`Ok(None)`). An error of `handler` rolls back both.
+pub async fn handle<C, F, T, E>(
+    db: &C,
+    consumer: &str,
+    event_id: Uuid,
+    handler: F,
+) -> Result<Option<T>, TransactionError<E>>
+where
+    C: TransactionTrait<Transaction = DatabaseTransaction>,
+    F: for<'c> FnOnce(&'c DatabaseTransaction) -> Handler<'c, T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<Error> + fmt::Display + fmt::Debug + Send + 'static,
+{
+    let consumer = consumer.to_owned();
+    db.transaction::<_, Option<T>, E>(move |txn| {
+        Box::pin(async move {
+            if !record(txn, &consumer, event_id).await? {
+                return Ok(None);
+            }
+            handler(txn).await.map(Some)
+        })
+    })
+    .await
+}
+
+/// Deletes inbox entries recorded before `before`, at most `batch_size` per
+/// statement, until none is left; returns how many. Keep entries longer
+/// than any redelivery can come (the topic's retention, at least).
+pub async fn purge<C: ConnectionTrait>(
+    db: &C,
+    before: DateTime<Utc>,
+    batch_size: usize,
+) -> Result<u64, Error> {
+    if batch_size == 0 {
+        return Err(Error::InvalidArgument(
+            "inbox purge batch size must be at least 1".to_owned(),
+        ));
+    }
+    let backend = db.get_database_backend();
+    let template = match backend {
+        DbBackend::MySql => {
+            "DELETE FROM inbox WHERE processed_at < :before ORDER BY processed_at LIMIT :limit"
+        }
+        DbBackend::Postgres => {
+            "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox \
+             WHERE processed_at < :before ORDER BY processed_at LIMIT :limit)"
+        }
+        _ => {
+            "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox \
+             WHERE processed_at < :before ORDER BY processed_at LIMIT :limit)"
+        }
+    };
+    let limit = i64::try_from(batch_size).unwrap_or(i64::MAX);
+    let mut total = 0;
+    loop {
+        let statement = render(
+            backend,
+            template,
+            &[("before", Param::one(before)), ("limit", Param::one(limit))],
+        );
+        let deleted = match db.execute_raw(statement).await {
+            Ok(result) => result.rows_affected(),
+            Err(error) => return Err(fail(db, "purge the inbox", error).await),
+        };
+        total += deleted;
+        if deleted < limit as u64 {
+            return Ok(total);
+        }
+    }
+}
