@@ -29,10 +29,9 @@ use outbox_core::{
 };
 use tokio::sync::{Notify, watch};
 
-/// The odds of each fault, per call, and how many happened; shared by the
-/// wrappers of every relay of a scenario.
-#[derive(Debug, Default)]
-pub struct Faults {
+/// The odds of each fault, per call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Odds {
     /// Crash after a claim that returned records.
     pub crash_after_claim: f64,
     /// Crash after the broker acknowledged a batch, before it is all marked.
@@ -43,15 +42,25 @@ pub struct Faults {
     pub fail_before_settle: f64,
     /// Apply a settlement, then report it failed.
     pub fail_after_settle: f64,
+}
+
+/// The [`Odds`] of each fault and how many happened; shared by the
+/// wrappers of every relay of a scenario.
+#[derive(Debug, Default)]
+pub struct Faults {
+    odds: Odds,
     disarmed: AtomicBool,
     crashes: AtomicU64,
     failures: AtomicU64,
 }
 
 impl Faults {
-    /// No faults; set the odds with the fields, then share it in an `Arc`.
-    pub fn new() -> Self {
-        Self::default()
+    /// Faults with these odds.
+    pub fn new(odds: Odds) -> Arc<Self> {
+        Arc::new(Self {
+            odds,
+            ..Self::default()
+        })
     }
 
     /// Stops every fault from now on (to drain at the end of a scenario).
@@ -128,22 +137,22 @@ impl<S: OutboxStore> OutboxStore for FaultyStore<S> {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError> {
-        if self.faults.roll(self.faults.fail_claim) {
+        if self.faults.roll(self.faults.odds.fail_claim) {
             return Err(self.faults.failed("claim refused"));
         }
         let records = self.inner.claim(request).await?;
-        if !records.is_empty() && self.faults.roll(self.faults.crash_after_claim) {
+        if !records.is_empty() && self.faults.roll(self.faults.odds.crash_after_claim) {
             self.crash.here(&self.faults).await;
         }
         Ok(records)
     }
 
     async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
-        if self.faults.roll(self.faults.fail_before_settle) {
+        if self.faults.roll(self.faults.odds.fail_before_settle) {
             return Err(self.faults.failed("settlement refused"));
         }
         let changed = self.inner.settle(owner, settlement).await?;
-        if self.faults.roll(self.faults.fail_after_settle) {
+        if self.faults.roll(self.faults.odds.fail_after_settle) {
             return Err(self.faults.failed("settlement applied, reply lost"));
         }
         Ok(changed)
@@ -181,7 +190,7 @@ impl<Si: Sink> Sink for FaultySink<Si> {
         records: &[OutboxRecord],
         report: &(dyn Fn(usize, Outcome) + Send + Sync),
     ) {
-        if !self.faults.roll(self.faults.crash_after_ack) {
+        if !self.faults.roll(self.faults.odds.crash_after_ack) {
             return self.inner.publish_each(records, report).await;
         }
         // Every record goes to the broker and is acknowledged (or fails);

@@ -74,6 +74,9 @@ struct Inner {
     /// their key, so neither they nor the later events of their key are
     /// delivered.
     poisoned: HashSet<Uuid>,
+    /// Committed events in the order they were recorded: right after their
+    /// commit returned, so close to commit order across keys.
+    recorded: Vec<Uuid>,
 }
 
 /// What was committed and rolled back; clones share it.
@@ -229,7 +232,9 @@ impl Ledger {
             stamp,
             seq,
         };
-        self.lock().committed.insert(event_id, entry);
+        let mut inner = self.lock();
+        inner.committed.insert(event_id, entry);
+        inner.recorded.push(event_id);
     }
 
     /// Records a rolled-back event.
@@ -263,6 +268,7 @@ impl Ledger {
             let mut inner = self.lock();
             if exists {
                 inner.committed.insert(event_id, entry);
+                inner.recorded.push(event_id);
             } else {
                 inner.rolled_back.insert(event_id);
             }
@@ -286,6 +292,13 @@ impl Ledger {
             .into_iter()
             .map(|(id, _)| id)
             .collect()
+    }
+
+    /// The committed events in the order their commits returned, across
+    /// keys (events of one transaction in a row); uncertain commits that
+    /// [`resolve`](Self::resolve) found committed come last.
+    pub fn commit_sequence(&self) -> Vec<Uuid> {
+        self.lock().recorded.clone()
     }
 
     /// How many events were committed and rolled back so far.
