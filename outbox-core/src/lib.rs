@@ -60,8 +60,8 @@
 //!
 //! - `derive` (default): re-exports `#[derive(OutboxEvent)]`.
 //! - `testkit`: [`testkit`], the conformance suites every store
-//!   ([`store_conformance_tests!`]) and every sink
-//!   ([`sink_conformance_tests!`]) runs.
+//!   (`store_conformance_tests!`) and every sink
+//!   (`sink_conformance_tests!`) runs.
 
 mod clock;
 mod error;

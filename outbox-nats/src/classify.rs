@@ -96,7 +96,7 @@ mod tests {
             (PublishErrorKind::Other, Class::Retriable),
         ];
         for (kind, class) in table {
-            let error = PublishError::new(kind.clone());
+            let error = PublishError::new(kind);
             assert_eq!(classify(&error, false), class, "{kind:?}");
             assert!(!hint(&error).is_empty());
         }

@@ -32,10 +32,13 @@ pub(crate) fn message_headers(record: &OutboxRecord) -> Result<HeaderMap, (Strin
         if name == KEY_HEADER || is_jetstream_header(name) {
             continue;
         }
-        let header = HeaderName::from_str(name).ok().filter(|_| !name.is_empty()).ok_or((
-            name.to_owned(),
-            "a header name must be printable ASCII without `:`",
-        ))?;
+        let header = HeaderName::from_str(name)
+            .ok()
+            .filter(|_| !name.is_empty())
+            .ok_or((
+                name.to_owned(),
+                "a header name must be printable ASCII without `:`",
+            ))?;
         let value = HeaderValue::from_str(&value)
             .map_err(|_| (name.to_owned(), "a header value cannot hold a line break"))?;
         headers.append(header, value);
@@ -90,9 +93,15 @@ mod tests {
     #[test]
     fn a_message_carries_the_event_id_twice_type_version_key_and_its_own_headers() {
         let mut record = record(Some("a.b"));
-        record.headers.insert("traceparent".into(), "00-abc-def-01".into());
-        record.headers.insert(EVENT_ID_HEADER.into(), "forged".into());
-        record.headers.insert("Nats-Expected-Stream".into(), "other".into());
+        record
+            .headers
+            .insert("traceparent".into(), "00-abc-def-01".into());
+        record
+            .headers
+            .insert(EVENT_ID_HEADER.into(), "forged".into());
+        record
+            .headers
+            .insert("Nats-Expected-Stream".into(), "other".into());
         let headers = message_headers(&record).unwrap();
         let event_id = record.event_id.to_string();
         assert_eq!(get(&headers, "Nats-Msg-Id"), Some(event_id.as_str()));
@@ -103,7 +112,10 @@ mod tests {
         assert_eq!(get(&headers, TRACEPARENT_HEADER), Some("00-abc-def-01"));
         assert_eq!(get(&headers, "Nats-Expected-Stream"), None);
         assert_eq!(headers.get_all(EVENT_ID_HEADER).count(), 1);
-        assert_eq!(get(&message_headers(&record_without_key()).unwrap(), KEY_HEADER), None);
+        assert_eq!(
+            get(&message_headers(&record_without_key()).unwrap(), KEY_HEADER),
+            None
+        );
     }
 
     fn record_without_key() -> OutboxRecord {
@@ -116,7 +128,9 @@ mod tests {
         bad_name.headers.insert("with:colon".into(), "x".into());
         assert_eq!(message_headers(&bad_name).unwrap_err().0, "with:colon");
         let mut bad_value = record(None);
-        bad_value.headers.insert("x-note".into(), "two\r\nlines".into());
+        bad_value
+            .headers
+            .insert("x-note".into(), "two\r\nlines".into());
         assert_eq!(message_headers(&bad_value).unwrap_err().0, "x-note");
         assert!(message_headers(&record(Some("line\nbreak"))).is_err());
     }

@@ -42,7 +42,10 @@ impl Subjects {
             && let Some(key) = record.key.as_deref()
         {
             if key.is_empty() {
-                return Err((subject, "an empty key has no subject token; use no key instead"));
+                return Err((
+                    subject,
+                    "an empty key has no subject token; use no key instead",
+                ));
             }
             subject.push('.');
             subject.push_str(&key_token(key));
@@ -141,7 +144,11 @@ mod tests {
         assert_eq!(key_token("ü"), "%C3%BC");
         assert_ne!(key_token("a.b"), key_token("a%2Eb"));
         for key in ["a.b", "*", ">", "x y", "tab\t", "ü/é"] {
-            assert_eq!(check_subject(&format!("t.{}", key_token(key))), Ok(()), "{key}");
+            assert_eq!(
+                check_subject(&format!("t.{}", key_token(key))),
+                Ok(()),
+                "{key}"
+            );
         }
     }
 
@@ -155,7 +162,9 @@ mod tests {
         );
         let prefixed = Subjects {
             prefix: "outbox.".into(),
-            route: Some(Arc::new(|r: &OutboxRecord| format!("{}.v{}", r.topic, r.schema_version))),
+            route: Some(Arc::new(|r: &OutboxRecord| {
+                format!("{}.v{}", r.topic, r.schema_version)
+            })),
             key_in_subject: false,
         };
         assert_eq!(

@@ -6,7 +6,7 @@
 //! the sink contract (per-key order, the rest of a key held back after a
 //! failure, one outcome per record as soon as known), and [`sink_fn`] makes
 //! a whole [`Sink`] of it. The sink conformance suite
-//! ([`sink_conformance_tests!`](crate::sink_conformance_tests), feature
+//! (`sink_conformance_tests!`, feature
 //! `testkit`) checks the result against a real destination.
 
 mod by_key;

@@ -131,7 +131,9 @@ impl NatsSinkBuilder {
         if !prefix.is_empty() {
             let probe = format!("{prefix}x");
             check_subject(&probe).map_err(|reason| {
-                Error::Config(format!("the subject prefix {prefix:?} is not usable: {reason}"))
+                Error::Config(format!(
+                    "the subject prefix {prefix:?} is not usable: {reason}"
+                ))
             })?;
         }
         Ok(NatsSink::assemble(

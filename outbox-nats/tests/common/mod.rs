@@ -1,6 +1,6 @@
 //! The NATS server the tests run against (`NATS_URL`, by default
-//! `nats://127.0.0.1:4222`), fresh streams, and reading them back with a
-//! JetStream consumer.
+//! `nats://127.0.0.1:4222`; `none` when scripts/test could not start one),
+//! fresh streams, and reading them back with a JetStream consumer.
 
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
@@ -34,6 +34,12 @@ impl TestNats {
     /// test instead.
     pub(crate) async fn connect(test: &str) -> Option<Self> {
         let url = url();
+        if url == "none" {
+            return skip(
+                test,
+                "scripts/test could not start nats-server (see target/nats.log)",
+            );
+        }
         let connecting = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .connect(&url);
@@ -49,11 +55,7 @@ impl TestNats {
             "no NATS server at {url} ({error}); start one with `nats-server -js` and set \
              NATS_URL, or run scripts/test"
         );
-        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-            panic!("{test}: {message}");
-        }
-        eprintln!("\n!!!!!!!!!! SKIPPED {test}: {message} !!!!!!!!!!\n");
-        None
+        skip(test, &message)
     }
 
     /// A sink with the default options.
@@ -111,6 +113,15 @@ impl TestNats {
         }
         read
     }
+}
+
+/// Says loudly that `test` is skipped, or fails it when `CI=true`.
+fn skip<T>(test: &str, why: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{test}: {why}");
+    }
+    eprintln!("\n!!!!!!!!!! SKIPPED {test}: {why} !!!!!!!!!!\n");
+    None
 }
 
 /// A header of `message`.
