@@ -82,6 +82,66 @@ pub async fn enqueue<C: ConnectionTrait + 'static>(
     Ok(id)
 }
 
+/// [`enqueue`] for code generic over a connection that is not `'static`:
+/// SeaORM's `ActiveModelBehavior` hooks (`before_save`, `after_save`,
+/// ...), which get a `db: &C` where `C: ConnectionTrait`. Given the
+/// transaction the model is saved in, the event commits or rolls back
+/// with it, in the key's commit order, as with [`enqueue`]. Given a pool,
+/// each statement commits on its own (the key's row, the record, then the
+/// key's row again so a relay that looked in between finds the record),
+/// so save models in a transaction when the event must be atomic with
+/// them.
+///
+/// ```
+/// use outbox_core::OutboxEvent;
+/// use sea_orm::entity::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
+/// #[outbox(topic = "orders", key = order_id)]
+/// struct OrderSaved { order_id: i64, total_cents: i64 }
+///
+/// #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+/// #[sea_orm(table_name = "orders")]
+/// pub struct Model {
+///     #[sea_orm(primary_key)]
+///     pub id: i64,
+///     pub total_cents: i64,
+/// }
+///
+/// #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+/// pub enum Relation {}
+///
+/// #[async_trait::async_trait]
+/// impl ActiveModelBehavior for ActiveModel {
+///     async fn after_save<C: ConnectionTrait>(
+///         model: Model,
+///         db: &C,
+///         _insert: bool,
+///     ) -> Result<Model, DbErr> {
+///         let event = OrderSaved { order_id: model.id, total_cents: model.total_cents };
+///         outbox_sea_orm::enqueue_in(db, &event).await?; // converts into DbErr
+///         Ok(model)
+///     }
+/// }
+/// ```
+pub async fn enqueue_in<C: ConnectionTrait>(
+    db: &C,
+    event: &dyn OutboxEvent,
+) -> Result<Uuid, Error> {
+    let record = NewRecord::from_event(event).map_err(Error::Event)?;
+    let id = record.event_id;
+    write(
+        db,
+        std::slice::from_ref(&record),
+        TimeDelta::zero(),
+        db,
+        Mode::Either,
+    )
+    .await?;
+    Ok(id)
+}
+
 /// Writes several events with one multi-row `INSERT` (one per 2,000
 /// events or 1 MiB), and returns their ids in order. Locks their keys
 /// first, as [`enqueue`] does.
@@ -141,15 +201,20 @@ pub async fn enqueue_records<C: ConnectionTrait + 'static>(
     // On a pool (no transaction of the caller's), in a transaction of its
     // own: a key's row must not say "ready" before its record commits, or
     // a claim in between finds no record and marks the key idle.
-    let Some(pool) = (db as &dyn std::any::Any).downcast_ref::<sea_orm::DatabaseConnection>()
-    else {
-        return write(db, records, TimeDelta::zero(), db).await;
+    let any = db as &dyn std::any::Any;
+    let Some(pool) = any.downcast_ref::<sea_orm::DatabaseConnection>() else {
+        let mode = if any.is::<sea_orm::DatabaseTransaction>() {
+            Mode::Transaction
+        } else {
+            Mode::Either
+        };
+        return write(db, records, TimeDelta::zero(), db, mode).await;
     };
     let txn = match sea_orm::TransactionTrait::begin(pool).await {
         Ok(txn) => txn,
         Err(error) => return Err(fail(pool, "begin a transaction for the outbox", error).await),
     };
-    match write(&txn, records, TimeDelta::zero(), &txn).await {
+    match write(&txn, records, TimeDelta::zero(), &txn, Mode::Transaction).await {
         Ok(()) => {}
         // Looked into again on the pool, once the transaction (aborted on
         // PostgreSQL, holding the only connection of an in-memory SQLite)
@@ -177,6 +242,7 @@ pub(crate) async fn write(
     records: &[NewRecord],
     offset: TimeDelta,
     diagnose: &impl ConnectionTrait,
+    mode: Mode,
 ) -> Result<(), Error> {
     for record in records {
         check(record)?;
@@ -203,17 +269,21 @@ pub(crate) async fn write(
         }
     }
     heads.sort_by_key(|(key, _)| *key);
-    for chunk in heads.chunks(ROWS_PER_INSERT) {
-        let upsert = keys::upsert(
-            backend,
-            chunk
-                .iter()
-                .map(|(key, record)| ((*key).to_owned(), available(record))),
-        );
-        if let Err(error) = db.execute(&upsert).await {
-            return Err(fail(diagnose, "lock the events' keys in outbox_keys", error).await);
+    let upsert_heads = async || {
+        for chunk in heads.chunks(ROWS_PER_INSERT) {
+            let upsert = keys::upsert(
+                backend,
+                chunk
+                    .iter()
+                    .map(|(key, record)| ((*key).to_owned(), available(record))),
+            );
+            if let Err(error) = db.execute(&upsert).await {
+                return Err(fail(diagnose, "lock the events' keys in outbox_keys", error).await);
+            }
         }
-    }
+        Ok(())
+    };
+    upsert_heads().await?;
     for chunk in chunks(records) {
         let insert = insert_statement(chunk, &available)?;
         if let Err(error) = db.execute(&insert).await {
@@ -221,7 +291,23 @@ pub(crate) async fn write(
             return Err(too_large(chunk, error));
         }
     }
+    if mode == Mode::Either {
+        // Outside a transaction the first upsert committed on its own, and
+        // a claim may have found the key without a record and marked it
+        // idle: make it ready again now that the record is there. Inside
+        // one, the key's row is ours and this changes nothing.
+        upsert_heads().await?;
+    }
     Ok(())
+}
+
+/// What [`write`] knows of the connection it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A transaction: every statement commits with it.
+    Transaction,
+    /// A transaction or a pool, it cannot tell.
+    Either,
 }
 
 /// Splits records into runs of at most [`ROWS_PER_INSERT`] rows and

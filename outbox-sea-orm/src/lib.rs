@@ -89,7 +89,7 @@ mod keys;
 mod sql;
 mod store;
 
-pub use enqueue::{AsEvent, enqueue, enqueue_all, enqueue_records, marker};
+pub use enqueue::{AsEvent, enqueue, enqueue_all, enqueue_in, enqueue_records, marker};
 pub use error::{DbError, Error};
 pub use store::{SeaOrmStore, redact_url};
 #[doc(hidden)]

@@ -9,6 +9,7 @@ mod settle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::enqueue::Mode;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use outbox_core::{
@@ -253,7 +254,8 @@ impl OutboxStore for SeaOrmStore {
         Ok(self
             .retrying(|| {
                 self.transaction("write events to the outbox", async |txn| {
-                    crate::enqueue::write(txn, records, offset, &self.db).await?;
+                    crate::enqueue::write(txn, records, offset, &self.db, Mode::Transaction)
+                        .await?;
                     Ok::<_, TxError>(())
                 })
             })
