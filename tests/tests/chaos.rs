@@ -728,3 +728,210 @@ async fn a_poison_event_and_a_corrupted_row(db: TestDb) {
 }
 
 on!(a_poison_event_and_a_corrupted_row: Postgres, MySql, SqliteFile);
+
+// --- The database server restarts -------------------------------------------
+
+/// The PostgreSQL cluster version on this machine (`/etc/postgresql/<v>`).
+fn postgres_version() -> Option<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn run(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Whether the local server of `backend` answers.
+fn server_answers(backend: Backend) -> bool {
+    match backend {
+        Backend::Postgres => run("pg_isready", &["-q", "-h", "127.0.0.1", "-p", "5432"]),
+        _ => run(
+            "mariadb-admin",
+            &[
+                "--protocol=tcp",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                "3306",
+                "-u",
+                "root",
+                "ping",
+            ],
+        ),
+    }
+}
+
+/// Waits until the server answers (or not), for at most a minute.
+fn wait_server(backend: Backend, up: bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server_answers(backend) != up {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+fn start_server(backend: Backend) {
+    match backend {
+        Backend::Postgres => {
+            let version = postgres_version().unwrap_or_default();
+            let args = ["--skip-systemctl-redirect", &version, "main", "start"];
+            run("pg_ctlcluster", &args);
+        }
+        _ => {
+            let args = [
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/mariadbd",
+            ];
+            run("start-stop-daemon", &args);
+        }
+    }
+}
+
+/// Restarts the local server of `backend` and waits until it answers.
+fn restart_server(backend: Backend) {
+    match backend {
+        Backend::Postgres => {
+            let version = postgres_version().expect("a PostgreSQL cluster in /etc/postgresql");
+            let args = ["--skip-systemctl-redirect", &version, "main", "restart"];
+            assert!(run("pg_ctlcluster", &args), "pg_ctlcluster {args:?} failed");
+        }
+        _ => {
+            let args = [
+                "--protocol=tcp",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                "3306",
+                "-u",
+                "root",
+            ];
+            assert!(
+                run("mariadb-admin", &[&args[..], &["shutdown"]].concat()),
+                "mariadb-admin shutdown failed"
+            );
+            // It stops answering before its process is gone, and a start
+            // meanwhile would find it running and do nothing.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while mariadb_running() {
+                assert!(std::time::Instant::now() < deadline, "MariaDB did not stop");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            start_server(backend);
+        }
+    }
+    assert!(wait_server(backend, true), "the server did not come back");
+}
+
+/// Whether a `mariadbd` process runs.
+fn mariadb_running() -> bool {
+    run(
+        "start-stop-daemon",
+        &["--status", "--exec", "/usr/sbin/mariadbd"],
+    )
+}
+
+/// Brings the local server of its backend back up when dropped, also when
+/// the test fails half-way through a restart.
+struct ServerUp(Backend);
+
+impl Drop for ServerUp {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !server_answers(self.0) {
+            if std::time::Instant::now() > deadline {
+                eprintln!("warning: the {:?} server is not answering again", self.0);
+                return;
+            }
+            // Starting one that is still stopping does nothing: try again.
+            if self.0 == Backend::Postgres || !mariadb_running() {
+                start_server(self.0);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Whether this machine can restart the local server of `backend` (its
+/// tools are installed and the tests use the local server).
+fn can_restart(backend: Backend) -> bool {
+    match backend {
+        Backend::Postgres => {
+            std::env::var("POSTGRES_URL").is_err()
+                && postgres_version().is_some()
+                && run("sh", &["-c", "command -v pg_ctlcluster"])
+        }
+        _ => {
+            std::env::var("MYSQL_URL").is_err()
+                && std::path::Path::new("/usr/sbin/mariadbd").exists()
+        }
+    }
+}
+
+/// The database server restarts twice under two relays and the writers.
+async fn server_restart(db: TestDb) {
+    let backend = db.backend;
+    if !can_restart(backend) {
+        skip_or_fail(&format!(
+            "restarting the {backend:?} server needs the local server and its tools \
+             (pg_ctlcluster, or mariadb-admin and /usr/sbin/mariadbd)"
+        ));
+        return;
+    }
+    let s = Scenario::new(db, 10).await;
+    // Dropped before the scenario, which drops its database on the server.
+    let _up = ServerUp(backend);
+    let writers = s.writers(s.plan());
+    let (stop, stopped) = watch::channel(false);
+    let sink = s.sink(Duration::from_secs(5));
+    let relays = spawn_relays(2, &s.store(), &sink, Duration::from_secs(5), &stopped);
+    let mut restarts = 0;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::spawn_blocking(move || restart_server(backend))
+            .await
+            .unwrap();
+        restarts += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let errors = writers.finish().await;
+    s.drained().await;
+    stop_relays(&stop, relays).await;
+    s.check(
+        "server restart",
+        &format!("server restarts {restarts}, writer errors {errors}"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the database server: scripts/test runs it alone"]
+async fn server_restart_postgres() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    server_restart(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the database server: scripts/test runs it alone"]
+async fn server_restart_mariadb() {
+    let Some(db) = TestDb::new(Backend::MySql).await else {
+        return;
+    };
+    server_restart(db).await;
+}
