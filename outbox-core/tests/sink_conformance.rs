@@ -21,7 +21,7 @@ impl Delivered {
     }
 }
 
-#[async_trait]
+#[async_trait(?Send)]
 impl Destination for Delivered {
     fn topic(&self) -> String {
         TOPIC.to_owned()

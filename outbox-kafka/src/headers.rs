@@ -3,52 +3,25 @@
 use outbox_core::OutboxRecord;
 use rdkafka::message::{Header, OwnedHeaders};
 
-/// Header holding the event id (a UUID, hyphenated): the same on every copy
-/// of an event, so consumers drop duplicates by it.
-pub const EVENT_ID_HEADER: &str = "outbox-event-id";
-
-/// Header holding the event type, the tag that
-/// [`outbox_core::decode`] needs to pick the Rust type.
-pub const EVENT_TYPE_HEADER: &str = "outbox-event-type";
-
-/// Header holding the payload's schema version (a decimal `u32`).
-pub const SCHEMA_VERSION_HEADER: &str = "outbox-schema-version";
+pub use outbox_core::sink::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER};
 
 /// Header holding the W3C trace context captured when the event was
 /// enqueued. It travels among the record's own headers; the name is here
 /// for consumers that continue the trace.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub const TRACEPARENT_HEADER: &str = outbox_core::TRACEPARENT;
 
-/// Whether `name` is one of the headers the sink writes itself.
-fn is_reserved(name: &str) -> bool {
-    matches!(
-        name,
-        EVENT_ID_HEADER | EVENT_TYPE_HEADER | SCHEMA_VERSION_HEADER
-    )
-}
-
-/// The headers of `record`'s message: the outbox's own three first, then the
-/// record's headers in name order. A record header that reuses one of the
-/// outbox's names is skipped, so a consumer never sees two event ids.
+/// The headers of `record`'s message, as
+/// [`outbox_core::sink::message_headers`] orders them: the outbox's own
+/// three first, then the record's headers in name order, without any that
+/// reuse one of the outbox's names.
 pub(crate) fn message_headers(record: &OutboxRecord) -> OwnedHeaders {
-    let event_id = record.event_id.hyphenated().to_string();
-    let schema_version = record.schema_version.to_string();
-    let own = [
-        (EVENT_ID_HEADER, event_id.as_str()),
-        (EVENT_TYPE_HEADER, record.event_type.as_str()),
-        (SCHEMA_VERSION_HEADER, schema_version.as_str()),
-    ];
-    let extra = record
-        .headers
-        .iter()
-        .filter(|(name, _)| !is_reserved(name))
-        .map(|(name, value)| (name.as_str(), value.as_str()));
-    own.into_iter().chain(extra).fold(
-        OwnedHeaders::new_with_capacity(3 + record.headers.len()),
-        |headers, (key, value)| {
-            headers.insert(Header {
+    let headers = outbox_core::sink::message_headers(record);
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |message, (key, value)| {
+            message.insert(Header {
                 key,
-                value: Some(value),
+                value: Some(value.as_ref()),
             })
         },
     )

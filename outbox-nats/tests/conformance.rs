@@ -16,7 +16,7 @@ struct Stream {
     stream: String,
 }
 
-#[async_trait]
+#[async_trait(?Send)]
 impl Destination for Stream {
     fn topic(&self) -> String {
         self.topic.clone()

@@ -30,9 +30,15 @@ pub fn is_outbox_header(name: &str) -> bool {
 /// is left out, so a consumer never sees two event ids.
 pub fn message_headers(record: &OutboxRecord) -> Vec<(&str, Cow<'_, str>)> {
     let mut headers = Vec::with_capacity(3 + record.headers.len());
-    headers.push((EVENT_ID_HEADER, Cow::Owned(record.event_id.hyphenated().to_string())));
+    headers.push((
+        EVENT_ID_HEADER,
+        Cow::Owned(record.event_id.hyphenated().to_string()),
+    ));
     headers.push((EVENT_TYPE_HEADER, Cow::Borrowed(record.event_type.as_str())));
-    headers.push((SCHEMA_VERSION_HEADER, Cow::Owned(record.schema_version.to_string())));
+    headers.push((
+        SCHEMA_VERSION_HEADER,
+        Cow::Owned(record.schema_version.to_string()),
+    ));
     headers.extend(
         record
             .headers

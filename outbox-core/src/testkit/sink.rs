@@ -39,9 +39,11 @@ pub struct Message {
 }
 
 /// The far side of a sink under test, as the sink conformance suite sees
-/// it.
-#[async_trait]
-pub trait Destination: Send + Sync + 'static {
+/// it. The suite runs each case on the test's own thread, so neither the
+/// destination nor its futures need to be `Send` (a handle to librdkafka's
+/// mock cluster is not): implement it with `#[async_trait(?Send)]`.
+#[async_trait(?Send)]
+pub trait Destination {
     /// The topic the suite's records name. Where the destination keeps what
     /// it receives (a Kafka topic, a JetStream stream), a fresh one per
     /// case, so that [`messages`](Destination::messages) sees only the

@@ -26,11 +26,12 @@ fn test_record(id: i64, topic: &str, key: Option<&str>) -> outbox_core::OutboxRe
 }
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::{OutboxRecord, Outcome, Sink};
+use outbox_core::sink::collect_outcomes;
+use outbox_core::{HeldBack, OutboxRecord, Outcome, Sink};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -97,9 +98,10 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 ///
 /// # Per-key order
 ///
-/// For each key, the records of a batch are sent one after the other: the
-/// next record of a key is handed to the producer only once the previous
-/// one's delivery report says it is written. The first record of every key,
+/// The sink is built on [`outbox_core::publish_by_key`], which keeps these
+/// rules for every sink. For each key, the records of a batch are sent one
+/// after the other: the next record of a key is handed to the producer only
+/// once the previous one's delivery report says it is written. The first record of every key,
 /// and every keyless record, are handed over at once, and the keys advance
 /// independently as their reports come back. When a record fails, the rest
 /// of its key is not sent and is reported retriable
@@ -385,18 +387,7 @@ fn outcome(result: RecordResult) -> Outcome {
 #[async_trait]
 impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        let outcomes: Mutex<Vec<Option<Outcome>>> =
-            Mutex::new(records.iter().map(|_| None).collect());
-        self.publish_each(records, &|index, outcome| {
-            outcomes.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(outcome);
-        })
-        .await;
-        outcomes
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-            .into_iter()
-            .map(|outcome| outcome.expect("publish_each reports every record"))
-            .collect()
+        collect_outcomes(self, records).await
     }
 
     async fn publish_each(
@@ -425,13 +416,19 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
             producer = inner.current();
         }
 
-        let settle = |index: usize, result: RecordResult| {
-            report(
-                index,
-                outcome(unless_fatal(&producer, &records[index], result)),
-            );
+        let settle = |record: &OutboxRecord, result: RecordResult| {
+            outcome(unless_fatal(&producer, record, result))
         };
-        publish_batch(&producer, records, &inner.routing, inner.limits, settle).await;
+        let report = |index: usize, outcome: Outcome| report(index, held_back_as_ours(outcome));
+        publish_batch(
+            &producer,
+            records,
+            &inner.routing,
+            inner.limits,
+            settle,
+            report,
+        )
+        .await;
 
         if let Some((code, reason)) = producer.client().fatal_error() {
             tracing::warn!(
@@ -450,6 +447,22 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
         if !Arc::ptr_eq(&producer, &inner.current()) {
             dispose(producer);
         }
+    }
+}
+
+/// A record held back behind a failed one of its key, reported with this
+/// crate's [`Error::HeldBack`] (as consumers of the outcome downcast it).
+fn held_back_as_ours(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Retriable(error) => match error.downcast::<HeldBack>() {
+            Ok(held) => Outcome::Retriable(Box::new(Error::HeldBack {
+                event_id: held.event_id,
+                behind: held.behind_event_id,
+                key: held.key,
+            })),
+            Err(error) => Outcome::Retriable(error),
+        },
+        outcome => outcome,
     }
 }
 

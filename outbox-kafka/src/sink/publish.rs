@@ -1,13 +1,11 @@
 //! Publishing one batch: the records of a key are sent one after the other,
-//! every key at once, and each record's result is reported as soon as it is
-//! known.
+//! every key at once ([`publish_by_key`]), and each record's result is
+//! reported as soon as it is known.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use outbox_core::OutboxRecord;
+use outbox_core::sink::publish_by_key;
+use outbox_core::{OutboxRecord, Outcome};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -47,137 +45,86 @@ pub(crate) struct Limits {
     pub(crate) unknown_topic_is_permanent: bool,
 }
 
-/// Publishes `records` and calls `report(index, result)` once per record
-/// (`index` into `records`) as soon as its result is known.
+/// Publishes `records` and calls `report(index, outcome)` once per record
+/// (`index` into `records`) as soon as its outcome is known.
 ///
-/// The records of each key form a chain, in batch order; a keyless record is
-/// a chain of its own. The head of every chain is handed to the producer at
-/// once; when a head is delivered, the next record of its chain follows;
-/// when a head fails, the rest of its chain is held back. So no record is
-/// sent before the previous record of its key is acknowledged, whatever
+/// The per-key rules are [`publish_by_key`]'s: a key's records are handed
+/// to the producer one after the other, each once the previous one's
+/// delivery report says it is written; every key and every keyless record
+/// at once; after a failure, the rest of the key is held back. So no record
+/// is sent before the previous record of its key is acknowledged, whatever
 /// librdkafka does with retries, timeouts and epoch bumps.
 ///
 /// There is no deadline for the batch as a whole: each record's wait is
-/// bounded on its own, from its hand-off to the producer (librdkafka's
-/// `message.timeout.ms`, plus [`REPORT_GRACE`] in case no report comes), and
-/// a head waiting for room in the producer's queue waits at most
-/// `message.timeout.ms` from when it became ready. A long chain therefore
-/// takes as long as its records need, and a slow record delays only its own
-/// key.
-pub(crate) async fn publish_batch<C, F>(
+/// bounded on its own (see [`send`]), so a long chain takes as long as its
+/// records need, and a slow record delays only its own key. `settle` turns
+/// a record's result into its outcome (the sink's fatal-error check).
+pub(crate) async fn publish_batch<C, S, R>(
     producer: &FutureProducer<C>,
     records: &[OutboxRecord],
     routing: &Routing,
     limits: Limits,
-    report: F,
+    settle: S,
+    report: R,
 ) where
     C: ClientContext + 'static,
-    F: FnMut(usize, RecordResult) + Send,
+    S: Fn(&OutboxRecord, RecordResult) -> Outcome,
+    R: Fn(usize, Outcome),
 {
-    let topics: Vec<Cow<'_, str>> = records.iter().map(|r| routing.topic(r)).collect();
-    let mut batch = Batch::new(records, report);
-    // Chains whose head is to be handed over, with when it became ready.
-    // Every chain with records left is either here or in flight.
-    let started = Instant::now();
-    let mut ready: VecDeque<(usize, Instant)> = (0..batch.chains.len())
-        .map(|chain| (chain, started))
-        .collect();
-    let mut in_flight = FuturesUnordered::new();
+    publish_by_key(records, report, |record| {
+        let settle = &settle;
+        async move { settle(record, send(producer, record, routing, limits).await) }
+    })
+    .await;
+}
 
-    loop {
-        // Hand the head of every ready chain to the producer, until its
-        // queue is full.
-        while let Some(&(chain, _)) = ready.front() {
-            let index = batch.head(chain);
-            let record = &records[index];
-            let topic = &*topics[index];
-            if let Err(reason) = check_topic(topic) {
-                ready.pop_front();
-                let error = Error::InvalidTopic {
-                    event_id: record.event_id,
-                    topic: topic.to_owned(),
-                    reason,
-                };
-                batch.fail(chain, error);
-                continue;
-            }
-            match enqueue(producer, record, topic) {
-                Ok(delivery) => {
-                    ready.pop_front();
-                    let deadline = Instant::now() + limits.timeout + REPORT_GRACE;
-                    in_flight.push(async move {
-                        (chain, tokio::time::timeout_at(deadline, delivery).await)
-                    });
-                }
-                // Try again once a slot is free.
-                Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    break;
-                }
-                Err(error) => {
-                    ready.pop_front();
-                    batch.fail(chain, delivery_error(record, topic, error, limits));
-                }
-            }
-        }
-
-        // A head waits for room in the queue no longer than it could wait
-        // in it.
-        let now = Instant::now();
-        ready.retain(|&(chain, since)| {
-            if now < since + limits.timeout {
-                return true;
-            }
-            let index = batch.head(chain);
-            let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-            batch.fail(
-                chain,
-                delivery_error(&records[index], &topics[index], full, limits),
-            );
-            false
+/// Sends one record and waits for its delivery report.
+///
+/// The wait is bounded from the hand-off to the producer
+/// (librdkafka's `message.timeout.ms`, plus [`REPORT_GRACE`] in case no
+/// report comes), and a record that finds the producer's queue full waits
+/// for room at most `message.timeout.ms` from when it became ready.
+async fn send<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    record: &OutboxRecord,
+    routing: &Routing,
+    limits: Limits,
+) -> RecordResult {
+    let topic = routing.topic(record);
+    let topic = &*topic;
+    if let Err(reason) = check_topic(topic) {
+        return Err(Error::InvalidTopic {
+            event_id: record.event_id,
+            topic: topic.to_owned(),
+            reason,
         });
-
-        let (chain, outcome) = if ready.is_empty() {
-            match in_flight.next().await {
-                Some(next) => next,
-                // Every chain is settled.
-                None => break,
-            }
-        } else if in_flight.is_empty() {
-            // The queue is full of records that are not this batch's.
-            tokio::time::sleep(QUEUE_FULL_PAUSE).await;
-            continue;
-        } else {
-            match tokio::time::timeout(QUEUE_FULL_PAUSE, in_flight.next()).await {
-                Ok(Some(next)) => next,
-                _ => continue,
-            }
-        };
-        let index = batch.head(chain);
-        let (record, topic) = (&records[index], &*topics[index]);
-        match outcome {
-            Ok(Ok(Ok(_delivery))) => {
-                if batch.deliver(chain) {
-                    ready.push_back((chain, Instant::now()));
-                }
-            }
-            Ok(Ok(Err((error, _message)))) => {
-                batch.fail(chain, delivery_error(record, topic, error, limits));
-            }
-            Ok(Err(_canceled)) => {
-                let error = delivery_error(record, topic, KafkaError::Canceled, limits);
-                batch.fail(chain, error);
-            }
-            Err(_elapsed) => {
-                let error = Error::DeliveryTimeout {
-                    event_id: record.event_id,
-                    topic: topic.to_owned(),
-                    timeout: limits.timeout + REPORT_GRACE,
-                };
-                batch.fail(chain, error);
-            }
-        }
     }
-    debug_assert!(batch.chains.iter().all(VecDeque::is_empty));
+    let ready = Instant::now();
+    let delivery = loop {
+        match enqueue(producer, record, topic) {
+            Ok(delivery) => break delivery,
+            // Try again once a slot is free: a delivery report of this
+            // batch's, or of a concurrent batch's, frees one.
+            Err(error)
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+                    && ready.elapsed() < limits.timeout =>
+            {
+                tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+            }
+            Err(error) => return Err(delivery_error(record, topic, error, limits)),
+        }
+    };
+    let deadline = Instant::now() + limits.timeout + REPORT_GRACE;
+    match tokio::time::timeout_at(deadline, delivery).await {
+        Ok(Ok(Ok(_delivery))) => Ok(()),
+        Ok(Ok(Err((error, _message)))) => Err(delivery_error(record, topic, error, limits)),
+        Ok(Err(_canceled)) => Err(delivery_error(record, topic, KafkaError::Canceled, limits)),
+        Err(_elapsed) => Err(Error::DeliveryTimeout {
+            event_id: record.event_id,
+            topic: topic.to_owned(),
+            timeout: limits.timeout + REPORT_GRACE,
+        }),
+    }
 }
 
 /// Hands one record to the producer without waiting for it to be sent.
@@ -203,128 +150,5 @@ fn delivery_error(record: &OutboxRecord, topic: &str, error: KafkaError, limits:
         topic: topic.to_owned(),
         retriable: classify(&error, limits.unknown_topic_is_permanent) == Class::Retriable,
         error,
-    }
-}
-
-/// The chains of a batch; settling a record reports its result.
-struct Batch<'r, F> {
-    records: &'r [OutboxRecord],
-    /// Record indexes still to settle, per chain, in batch order.
-    chains: Vec<VecDeque<usize>>,
-    report: F,
-}
-
-impl<'r, F: FnMut(usize, RecordResult)> Batch<'r, F> {
-    fn new(records: &'r [OutboxRecord], report: F) -> Self {
-        let mut chains: Vec<VecDeque<usize>> = Vec::new();
-        let mut by_key: HashMap<&str, usize> = HashMap::new();
-        for (index, record) in records.iter().enumerate() {
-            match record.key.as_deref() {
-                Some(key) => match by_key.get(key) {
-                    Some(&chain) => chains[chain].push_back(index),
-                    None => {
-                        by_key.insert(key, chains.len());
-                        chains.push(VecDeque::from([index]));
-                    }
-                },
-                None => chains.push(VecDeque::from([index])),
-            }
-        }
-        Self {
-            records,
-            chains,
-            report,
-        }
-    }
-
-    /// The record the chain waits on.
-    fn head(&self, chain: usize) -> usize {
-        self.chains[chain][0]
-    }
-
-    /// Settles the chain's head as delivered; true when the chain has more.
-    fn deliver(&mut self, chain: usize) -> bool {
-        if let Some(index) = self.chains[chain].pop_front() {
-            (self.report)(index, Ok(()));
-        }
-        !self.chains[chain].is_empty()
-    }
-
-    /// Settles the chain's head with `error` and holds back the rest.
-    fn fail(&mut self, chain: usize, error: Error) {
-        let Some(index) = self.chains[chain].pop_front() else {
-            return;
-        };
-        (self.report)(index, Err(error));
-        let behind = self.records[index].event_id;
-        let key = self.records[index].key.clone().unwrap_or_default();
-        for held in self.chains[chain].drain(..) {
-            let error = Error::HeldBack {
-                event_id: self.records[held].event_id,
-                behind,
-                key: key.clone(),
-            };
-            (self.report)(held, Err(error));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: i64, key: Option<&str>) -> OutboxRecord {
-        super::super::test_record(id, "t", key)
-    }
-
-    #[test]
-    fn chains_group_records_by_key_in_batch_order() {
-        let records = [
-            record(1, Some("a")),
-            record(2, None),
-            record(3, Some("b")),
-            record(4, Some("a")),
-            record(5, None),
-            record(6, Some("a")),
-        ];
-        let batch = Batch::new(&records, |_, _| {});
-        let chains: Vec<Vec<usize>> = batch
-            .chains
-            .iter()
-            .map(|c| c.iter().copied().collect())
-            .collect();
-        assert_eq!(chains, vec![vec![0, 3, 5], vec![1], vec![2], vec![4]]);
-    }
-
-    #[test]
-    fn a_failed_head_holds_back_the_rest_of_its_key_and_each_record_is_reported_once() {
-        let records = [
-            record(1, Some("a")),
-            record(2, Some("b")),
-            record(3, Some("a")),
-        ];
-        let mut reported = Vec::new();
-        let mut batch = Batch::new(&records, |index, result| reported.push((index, result)));
-        assert!(!batch.deliver(1));
-        let timeout = Error::DeliveryTimeout {
-            event_id: records[0].event_id,
-            topic: "t".into(),
-            timeout: Duration::from_secs(1),
-        };
-        batch.fail(0, timeout);
-        assert!(batch.chains.iter().all(VecDeque::is_empty));
-        drop(batch);
-
-        let indexes: Vec<usize> = reported.iter().map(|(index, _)| *index).collect();
-        assert_eq!(indexes, vec![1, 0, 2]);
-        assert!(reported[0].1.is_ok());
-        assert!(matches!(reported[1].1, Err(Error::DeliveryTimeout { .. })));
-        match &reported[2].1 {
-            Err(Error::HeldBack { behind, key, .. }) => {
-                assert_eq!(*behind, records[0].event_id);
-                assert_eq!(key, "a");
-            }
-            other => panic!("{other:?}"),
-        }
     }
 }
