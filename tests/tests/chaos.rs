@@ -133,10 +133,26 @@ impl Scenario {
             async move {
                 let stats = store.stats(Utc::now()).await.map_err(|e| e.to_string())?;
                 if stats.pending == stats.held {
-                    Ok(stats)
-                } else {
-                    Err(format!("{stats:?}"))
+                    return Ok(stats);
                 }
+                // Why the first pending record waits.
+                let first = store
+                    .connection()
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        store.backend(),
+                        "SELECT id, attempts, last_error FROM outbox WHERE status = 'pending' \
+                         ORDER BY id LIMIT 1",
+                    ))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|row| {
+                        let id: i64 = row.try_get("", "id").unwrap_or_default();
+                        let attempts: i32 = row.try_get("", "attempts").unwrap_or_default();
+                        let error: Option<String> = row.try_get("", "last_error").ok().flatten();
+                        format!("record {id}, {attempts} attempts, last error {error:?}")
+                    });
+                Err(format!("{stats:?}; first pending: {first:?}"))
             }
         })
         .await
@@ -329,57 +345,178 @@ on!(crash_after_claim_before_publish: Postgres, MySql, SqliteFile);
 // --- The broker goes away ---------------------------------------------------
 
 /// The broker goes down and comes back three times while writers commit and
-/// two relays publish, and answers produce requests with transient errors
-/// in between. On the mock cluster; with a real broker (`KAFKA_BROKERS`)
-/// the scenario would need a broker of its own to stop: it starts one when
-/// `tansu` is installed, else it is skipped (failing under CI).
+/// two relays publish. On the mock cluster (`broker_down`, `broker_up`), which
+/// also answers produce requests with transient errors in between; with a
+/// real broker (`KAFKA_BROKERS`), stopping the shared one would break the
+/// other tests, so the scenario starts a tansu broker of its own (when
+/// `tansu` is installed; else it is skipped, failing under CI), kills it
+/// and starts it again.
 async fn broker_down_and_back(db: TestDb) {
+    let mut own = None;
     let kafka = match std::env::var("KAFKA_BROKERS") {
-        Ok(brokers) if !brokers.trim().is_empty() => {
-            skip_or_fail(
-                "broker down and back against a real broker: stopping the shared broker would \
-                 break the other tests, and starting one of its own needs `tansu` on PATH or at \
-                 ~/.cargo/bin/tansu (the mock cluster run covers this scenario)",
-            );
-            return;
-        }
+        Ok(brokers) if !brokers.trim().is_empty() => match OwnTansu::find() {
+            Some(bin) => {
+                let tansu = OwnTansu::start(bin).await;
+                let kafka = Kafka::real(&tansu.brokers());
+                own = Some(tansu);
+                kafka
+            }
+            None => {
+                skip_or_fail(
+                    "broker down and back against a real broker: stopping the shared broker \
+                     would break the other tests, and starting one of its own needs `tansu` \
+                     on PATH or at ~/.cargo/bin/tansu (the mock cluster run covers this \
+                     scenario)",
+                );
+                return;
+            }
+        },
         _ => Kafka::mock(),
     };
     let s = Scenario::with_kafka(db, 10, kafka).await;
     let writers = s.writers(s.plan());
     let (stop, stopped) = watch::channel(false);
     // Records time out well within the lease while the broker is down.
+    // Without idempotence on either broker: the mock cluster's (see
+    // `sink_without_idempotence`), and tansu 0.6, killed while an
+    // idempotent producer's requests are in flight, answers every later
+    // produce request of that producer with UNKNOWN_SERVER_ERROR.
     let sink = s.sink_without_idempotence(Duration::from_secs(1));
     let relays = spawn_relays(2, &s.store(), &sink, Duration::from_secs(5), &stopped);
-    let cluster = s.kafka.mock_cluster().expect("a mock cluster");
     let mut outages = 0;
     let mut request_errors = 0;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        cluster.broker_down(1).expect("broker down");
+        match (&mut own, s.kafka.mock_cluster()) {
+            (Some(tansu), _) => tansu.kill(),
+            (None, Some(cluster)) => cluster.broker_down(1).expect("broker down"),
+            (None, None) => unreachable!("a mock cluster or a broker of its own"),
+        }
         outages += 1;
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        cluster.broker_up(1).expect("broker up");
-        let errors = [
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-        ];
-        cluster.request_errors(RDKafkaApiKey::Produce, &errors);
-        request_errors += errors.len();
+        match (&mut own, s.kafka.mock_cluster()) {
+            (Some(tansu), _) => tansu.restart().await,
+            (None, Some(cluster)) => {
+                cluster.broker_up(1).expect("broker up");
+                let errors = [
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+                ];
+                cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+                request_errors += errors.len();
+            }
+            (None, None) => unreachable!("a mock cluster or a broker of its own"),
+        }
     }
     let errors = writers.finish().await;
     let stats = s.drained().await;
     assert_eq!(stats.dead, 0, "an outage makes nothing dead: {stats:?}");
     stop_relays(&stop, relays).await;
+    let broker = if own.is_some() { "tansu" } else { "mock" };
     s.check(
         "broker down and back",
         &format!(
-            "broker outages {outages}, produce request errors {request_errors}, writer errors \
-             {errors}"
+            "{broker} broker outages {outages}, produce request errors {request_errors}, \
+             writer errors {errors}"
         ),
     )
     .await;
+}
+
+/// A tansu broker of the test's own on a free loopback port, its log in a
+/// SQLite file of a temp dir so that it survives a restart; killed and
+/// removed on drop.
+struct OwnTansu {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnTansu {
+    /// `tansu` on PATH, or at ~/.cargo/bin/tansu.
+    fn find() -> Option<std::path::PathBuf> {
+        let on_path = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("tansu"))
+                .find(|bin| bin.is_file())
+        });
+        on_path.or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            let bin = std::path::Path::new(&home).join(".cargo/bin/tansu");
+            bin.is_file().then_some(bin)
+        })
+    }
+
+    async fn start(bin: std::path::PathBuf) -> Self {
+        let dir = std::env::temp_dir().join(format!("tansu-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("a temp dir for tansu");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut tansu = Self {
+            bin,
+            dir,
+            port,
+            child: None,
+        };
+        tansu.restart().await;
+        tansu
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker and waits until it listens.
+    async fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        // tansu reads the path of a `sqlite://` URL from its working dir.
+        let storage = "sqlite://tansu.db";
+        let log = std::fs::File::create(self.dir.join("tansu.log")).expect("tansu's log file");
+        let child = std::process::Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", storage])
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().expect("tansu's log file"))
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        self.child = Some(child);
+        let brokers = self.brokers();
+        wait_for("tansu to listen", Duration::from_secs(30), || {
+            let brokers = brokers.clone();
+            async move {
+                std::net::TcpStream::connect(&brokers)
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+            }
+        })
+        .await;
+    }
+
+    /// Kills the broker (SIGKILL).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for OwnTansu {
+    fn drop(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
 }
 
 on!(broker_down_and_back: Postgres, MySql, SqliteFile);
