@@ -26,14 +26,15 @@
 //!     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 //!         vec![
 //!             // ... your own migrations ...
-//!             Box::new(migration::Migration),
+//!             Box::new(outbox_migration::Migration),
 //!         ]
 //!     }
 //! }
 //! ```
 //!
 //! Or run this crate's [`Migrator`] at start-up
-//! (`migration::Migrator::up(&db, None).await?`), or from the command line:
+//! (`outbox_migration::Migrator::up(&db, None).await?`), or `outbox migrate`
+//! (the `outbox-cli` crate), or this crate's own command line:
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1/app cargo run -p outbox-migration --features cli -- up

@@ -1,6 +1,6 @@
 //! The migration's DDL per dialect, and `up`/`down` on SQLite.
 
-use migration::{Migration, Migrator, MigratorTrait};
+use outbox_migration::{Migration, Migrator, MigratorTrait};
 use sea_orm_migration::sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
 
 fn ddl(backend: DbBackend) -> Vec<String> {

@@ -24,7 +24,9 @@ pub(crate) fn derive(node: &DeriveInput) -> TokenStream {
 ///
 /// typetag's expansion names `typetag::...` relative to where the attribute
 /// is written, so the `use` inside the anonymous const makes it resolve
-/// through `outbox_core` without the user depending on typetag.
+/// through `outbox_core` without the user depending on typetag. The
+/// generated code names the crate `__outbox`, an alias of
+/// [`crate_path`].
 fn impl_event(event: &Event<'_>) -> TokenStream {
     let ident = event.ident;
     let event_type = &event.event_type;
@@ -32,26 +34,26 @@ fn impl_event(event: &Event<'_>) -> TokenStream {
 
     let topic = match event.topic {
         Topic::Literal(lit) => quote! {
-            ::outbox_core::__private::Cow::Borrowed(#lit)
+            __outbox::__private::Cow::Borrowed(#lit)
         },
         // Spanned at the path, so that a function of the wrong type is
         // reported there.
         Topic::Computed(path) => quote_spanned! {path.span()=>
-            ::outbox_core::__private::Cow::Owned(
-                ::outbox_core::__private::ToString::to_string(&#path(self)),
+            __outbox::__private::Cow::Owned(
+                __outbox::__private::ToString::to_string(&#path(self)),
             )
         },
     };
 
     let key = match event.key {
         None => quote! {
-            ::outbox_core::__private::Option::None
+            __outbox::__private::Option::None
         },
         // Spanned at the key, so that a field that is not `Display` is
         // reported there.
         Some(field) => quote_spanned! {field.span()=>
-            ::outbox_core::__private::Option::Some(
-                ::outbox_core::__private::ToString::to_string(&self.#field),
+            __outbox::__private::Option::Some(
+                __outbox::__private::ToString::to_string(&self.#field),
             )
         },
     };
@@ -102,19 +104,21 @@ fn impls(
     key: &TokenStream,
     event_type_value: &TokenStream,
 ) -> TokenStream {
+    let krate = crate_path();
     quote! {
         const _: () = {
-            use ::outbox_core::__private::typetag;
+            use #krate as __outbox;
+            use __outbox::__private::typetag;
 
             #[typetag::serde(name = #event_type)]
             #[automatically_derived]
             #[allow(unused_qualifications)]
-            impl ::outbox_core::OutboxEvent for #ident {
-                fn topic(&self) -> ::outbox_core::__private::Cow<'_, str> {
+            impl __outbox::OutboxEvent for #ident {
+                fn topic(&self) -> __outbox::__private::Cow<'_, str> {
                     #topic
                 }
 
-                fn key(&self) -> ::outbox_core::__private::Option<::outbox_core::__private::String> {
+                fn key(&self) -> __outbox::__private::Option<__outbox::__private::String> {
                     #key
                 }
 
@@ -128,10 +132,32 @@ fn impls(
             }
 
             #[automatically_derived]
-            impl ::outbox_core::TypedEvent for #ident {
+            impl __outbox::TypedEvent for #ident {
                 const EVENT_TYPE: &'static str = #event_type;
                 const SCHEMA_VERSION: u32 = #version;
             }
         };
+    }
+}
+
+/// The path of the crate that holds `OutboxEvent` for the crate being
+/// compiled: `outbox-core` when it depends on it (under whatever name),
+/// else the `outbox` facade, which re-exports it.
+fn crate_path() -> TokenStream {
+    use proc_macro_crate::{FoundCrate, crate_name};
+    let found = crate_name("outbox-core").or_else(|_| {
+        crate_name("outbox").map(|found| match found {
+            FoundCrate::Itself => FoundCrate::Name("outbox".to_owned()),
+            name => name,
+        })
+    });
+    match found {
+        Ok(FoundCrate::Name(name)) => {
+            let ident = proc_macro2::Ident::new(&name, proc_macro2::Span::call_site());
+            quote!(::#ident)
+        }
+        // outbox-core itself, or neither found: name outbox-core, and let
+        // a missing dependency be reported there.
+        _ => quote!(::outbox_core),
     }
 }

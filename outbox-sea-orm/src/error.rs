@@ -33,7 +33,7 @@ pub enum Error {
     /// The `outbox` table is missing: the migration has not run.
     #[error(
         "the outbox table does not exist in {}; run the outbox migration \
-         (migration::Migrator, or add migration::Migration to your Migrator)",
+         (`outbox migrate`, outbox_migration::Migrator, or add outbox_migration::migrations() to your Migrator)",
         .database.as_deref().unwrap_or("the connected database")
     )]
     MissingTable {
@@ -45,7 +45,7 @@ pub enum Error {
     /// (the `outbox_keys` table is missing).
     #[error(
         "the outbox tables in {} are from an older version: outbox_keys is missing; run the \
-         outbox migrations (migration::Migrator, or add migration::migrations() to your \
+         outbox migrations (`outbox migrate`, outbox_migration::Migrator, or add outbox_migration::migrations() to your \
          Migrator) with the relays stopped",
         .database.as_deref().unwrap_or("the connected database")
     )]
@@ -242,7 +242,7 @@ mod tests {
             text.contains("does not exist in PostgreSQL database \"app\""),
             "{text}"
         );
-        assert!(text.contains("migration::Migrator"), "{text}");
+        assert!(text.contains("outbox_migration::Migrator"), "{text}");
         assert!(!missing.is_retriable());
 
         let scheme = Error::UnsupportedScheme {

@@ -10,7 +10,7 @@
 //! writes and the inbox entry together. Commit the Kafka offset after that
 //! transaction commits (`outbox_kafka::handle_message` does).
 //!
-//! The table is `inbox` (migration `migration::Inbox`, not part of the
+//! The table is `inbox` (migration `outbox_migration::Inbox`, not part of the
 //! outbox's own migrations): one row per consumer and event id.
 //!
 //! ```no_run

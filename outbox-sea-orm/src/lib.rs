@@ -13,8 +13,8 @@
 //! - [`Error`] says what failed and whether retrying can help.
 //!
 //! The tables come from the `migration` crate (package `outbox-migration`):
-//! add `migration::migrations()` to your `Migrator`, or run
-//! `migration::Migrator`.
+//! add `outbox_migration::migrations()` to your `Migrator`, or run
+//! `outbox_migration::Migrator`.
 //!
 //! ```no_run
 //! use outbox_core::{OutboxEvent, Relay, InMemorySink};
