@@ -14,9 +14,12 @@ const REFUSED: &str = "conformance-refused";
 struct Delivered(InMemorySink);
 
 impl Delivered {
+    /// An in-memory sink whose acknowledgements take a moment, as a
+    /// broker's do, so that its reports come one by one.
     fn new() -> (InMemorySink, Self) {
         let sink = InMemorySink::new();
         sink.fail_topic(REFUSED, FailureKind::Permanent);
+        sink.set_send_latency(std::time::Duration::from_millis(1));
         (sink.clone(), Self(sink))
     }
 }

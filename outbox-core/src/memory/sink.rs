@@ -39,6 +39,7 @@ struct State {
     fail_next: VecDeque<FailureKind>,
     failing_topics: HashMap<String, FailureKind>,
     latency: Duration,
+    send_latency: Duration,
     batches: usize,
 }
 
@@ -112,6 +113,15 @@ impl InMemorySink {
         self.lock().latency = latency;
     }
 
+    /// Makes each record's acknowledgement take `latency` from when the
+    /// record is sent, as a broker's round trip would: the next record of
+    /// its key waits for it, other keys do not, and a batch's outcomes are
+    /// reported one by one as they come. Zero, the default, acknowledges
+    /// every record at once, so a batch's outcomes are all known together.
+    pub fn set_send_latency(&self, latency: Duration) {
+        self.lock().send_latency = latency;
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -139,16 +149,15 @@ impl Sink for InMemorySink {
 
 impl InMemorySink {
     /// Delivers `record` or fails it as injected, at once; the outcome
-    /// comes back after one turn of the scheduler, as a broker's
-    /// acknowledgement would, so the reports of a batch come one by one.
+    /// comes back after the send latency.
     fn send(&self, record: &OutboxRecord) -> impl Future<Output = Outcome> + use<> {
-        let outcome = {
+        let (outcome, latency) = {
             let mut state = self.lock();
             let failure = match state.failing_topics.get(&record.topic) {
                 Some(kind) => Some(*kind),
                 None => state.fail_next.pop_front(),
             };
-            match failure {
+            let outcome = match failure {
                 None => {
                     state.delivered.push(record.clone());
                     Outcome::Delivered
@@ -160,10 +169,13 @@ impl InMemorySink {
                         FailureKind::Permanent => Outcome::permanent(message),
                     }
                 }
-            }
+            };
+            (outcome, state.send_latency)
         };
         async move {
-            tokio::task::yield_now().await;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             outcome
         }
     }
