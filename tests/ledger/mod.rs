@@ -26,7 +26,7 @@
 //! # async fn scenario(db: sea_orm::DatabaseConnection) {
 //! use outbox_tests::ledger::{Kafka, Ledger, WriterPlan, Writers};
 //!
-//! let kafka = Kafka::start().await;
+//! let mut kafka = Kafka::start().await;
 //! let topic = kafka.topic("orders", 3).await;
 //! let ledger = Ledger::new();
 //! Writers::prepare(&db, 20).await;
