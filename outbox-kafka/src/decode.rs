@@ -61,13 +61,16 @@ pub fn decode_message<M: Message>(message: &M) -> Result<DecodedEvent, Error> {
 /// `Ok(None)` when the message holds another event type, so a consumer can
 /// try its types in turn.
 ///
-/// The schema version header is not compared with `T`'s: a struct that
-/// reads several versions of its payload keeps working.
+/// The message's schema version must be one `T` reads: its
+/// `SCHEMA_VERSION` or an older one (a struct at version 3 reads the
+/// payloads of versions 1 to 3, with serde defaults for fields added
+/// since). A newer version is [`Error::UnsupportedSchemaVersion`]: its
+/// producer changed the payload in a way this consumer does not know.
 ///
 /// # Errors
 ///
 /// As [`decode_message`], for a message of `T`'s event type (or with no
-/// event type at all).
+/// event type at all), and [`Error::UnsupportedSchemaVersion`].
 pub fn decode_message_as<T: TypedEvent, M: Message>(
     message: &M,
 ) -> Result<Option<(Uuid, T)>, Error> {
@@ -76,6 +79,15 @@ pub fn decode_message_as<T: TypedEvent, M: Message>(
         return Ok(None);
     }
     let event_id = event_id(message)?;
+    let version = schema_version(message)?;
+    if version > T::SCHEMA_VERSION {
+        return Err(Error::UnsupportedSchemaVersion {
+            event_type: event_type.to_owned(),
+            version,
+            supported: T::SCHEMA_VERSION,
+            at: position(message),
+        });
+    }
     let event = decode_as::<T>(event_type, payload(message)?).map_err(|error| Error::Decode {
         error,
         at: position(message),

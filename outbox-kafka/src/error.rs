@@ -169,6 +169,24 @@ pub enum Error {
         at: String,
     },
 
+    /// A consumed message was written with a schema version newer than the
+    /// type it is decoded into: a newer producer's, which this consumer
+    /// cannot read safely.
+    #[error(
+        "event `{event_type}` at {at} has schema version {version}, newer than the {supported} \
+         this consumer reads; deploy a consumer that knows version {version}"
+    )]
+    UnsupportedSchemaVersion {
+        /// The event type.
+        event_type: String,
+        /// The message's schema version.
+        version: u32,
+        /// The newest version the type reads (its `SCHEMA_VERSION`).
+        supported: u32,
+        /// Where the message is: topic, partition, offset.
+        at: String,
+    },
+
     /// A consumed message's payload does not decode into its event type.
     #[error("{error} (message at {at})")]
     Decode {

@@ -76,5 +76,9 @@ pub use rdkafka;
 pub use consume::{HandleError, Handled, handle_message};
 pub use decode::{DecodedEvent, decode_message, decode_message_as};
 pub use error::Error;
-pub use headers::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER};
+pub use headers::{
+    CE_ID_HEADER, CE_SOURCE_HEADER, CE_SPECVERSION_HEADER, CE_TIME_HEADER, CE_TYPE_HEADER,
+    CONTENT_TYPE_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER,
+    TRACEPARENT_HEADER,
+};
 pub use sink::{KafkaSink, KafkaSinkBuilder, TracingContext};

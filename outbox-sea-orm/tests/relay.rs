@@ -167,16 +167,39 @@ async fn retention(db: TestDb) {
         .purge_interval(Duration::from_millis(100))
         .build()
         .unwrap();
+    let idle_keys = || {
+        let db = db.db.clone();
+        async move {
+            db.query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM outbox_keys",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap()
+        }
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let check = async {
-        wait_until("published records purged", Duration::from_secs(60), || {
-            let store = store.clone();
-            let sink = sink.clone();
-            async move {
-                let stats = store.stats(Utc::now()).await.unwrap();
-                sink.delivered().len() >= 2500 && stats.pending == 0 && stats.published == 0
-            }
-        })
+        // The purge deletes the records, then tidies the keys left idle.
+        wait_until(
+            "published records purged and idle keys deleted",
+            Duration::from_secs(60),
+            || {
+                let store = store.clone();
+                let sink = sink.clone();
+                let idle_keys = idle_keys();
+                async move {
+                    let stats = store.stats(Utc::now()).await.unwrap();
+                    sink.delivered().len() >= 2500
+                        && stats.pending == 0
+                        && stats.published == 0
+                        && idle_keys.await == 0
+                }
+            },
+        )
         .await;
         stop.send(()).unwrap();
     };
@@ -186,17 +209,7 @@ async fn retention(db: TestDb) {
         }),
         check
     );
-    let keys = db
-        .db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.db_backend(),
-            "SELECT COUNT(*) AS n FROM outbox_keys",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
+    let keys = idle_keys().await;
     assert_eq!(keys, 0, "the keys left idle are deleted");
 }
 

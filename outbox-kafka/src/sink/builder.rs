@@ -128,6 +128,18 @@ impl<C> KafkaSinkBuilder<C> {
         self
     }
 
+    /// Adds CloudEvents attributes to every message, as the CloudEvents
+    /// Kafka protocol binding's binary mode has them: `ce_specversion`
+    /// (`1.0`), `ce_id` (the event id), `ce_source` (`source`, a URI
+    /// reference naming the producing service, such as `/orders`),
+    /// `ce_type` (the event type), `ce_time` (when it was enqueued) and
+    /// `content-type: application/json`, beside the outbox's own headers.
+    /// Default: off.
+    pub fn cloud_events(mut self, source: impl Into<String>) -> Self {
+        self.routing.cloud_events_source = Some(source.into());
+        self
+    }
+
     /// Whether a record whose topic does not exist fails permanently (to
     /// dead letters) instead of being retried. Default: `false`, since a
     /// topic is often created after the first events are enqueued.
@@ -191,6 +203,17 @@ impl<C> KafkaSinkBuilder<C> {
 }
 
 fn check_prefix(routing: &Routing) -> Result<(), Error> {
+    if routing
+        .cloud_events_source
+        .as_deref()
+        .is_some_and(|source| source.trim().is_empty())
+    {
+        return Err(Error::Config(
+            "the CloudEvents source must not be empty: name the producing service, such as \
+             `/orders`"
+                .to_owned(),
+        ));
+    }
     {
         if let Some(bad) = routing
             .prefix

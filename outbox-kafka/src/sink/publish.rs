@@ -101,7 +101,12 @@ async fn send<C: ClientContext + 'static>(
     }
     let ready = Instant::now();
     let delivery = loop {
-        match enqueue(producer, record, topic) {
+        match enqueue(
+            producer,
+            record,
+            topic,
+            routing.cloud_events_source.as_deref(),
+        ) {
             Ok(delivery) => break delivery,
             // Try again once a slot is free: a delivery report of this
             // batch's, or of a concurrent batch's, frees one.
@@ -132,11 +137,12 @@ fn enqueue<C: ClientContext + 'static>(
     producer: &FutureProducer<C>,
     record: &OutboxRecord,
     topic: &str,
+    cloud_events_source: Option<&str>,
 ) -> Result<DeliveryFuture, KafkaError> {
     let mut message = FutureRecord::<str, str>::to(topic)
         .payload(record.payload.as_str())
         .timestamp(record.created_at.timestamp_millis())
-        .headers(message_headers(record));
+        .headers(message_headers(record, cloud_events_source));
     if let Some(key) = record.key.as_deref() {
         message = message.key(key);
     }

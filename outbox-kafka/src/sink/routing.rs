@@ -14,6 +14,8 @@ pub(crate) type RouteFn = Arc<dyn Fn(&OutboxRecord) -> String + Send + Sync>;
 pub(crate) struct Routing {
     pub(crate) route: Option<RouteFn>,
     pub(crate) prefix: String,
+    /// With CloudEvents headers, the `ce_source` of every message.
+    pub(crate) cloud_events_source: Option<String>,
 }
 
 impl Routing {
@@ -100,6 +102,7 @@ mod tests {
         let prefixed = Routing {
             route: None,
             prefix: "staging.".into(),
+            cloud_events_source: None,
         };
         assert_eq!(prefixed.topic(&record), "staging.orders");
         let routed = Routing {
@@ -107,6 +110,7 @@ mod tests {
                 format!("{}-{}", r.topic, r.event_type)
             })),
             prefix: "staging.".into(),
+            cloud_events_source: None,
         };
         assert_eq!(routed.topic(&record), "staging.orders-E");
     }
