@@ -131,6 +131,8 @@ pub enum Violation {
     RolledBack {
         /// The event.
         event_id: Uuid,
+        /// The message's key.
+        key: String,
         /// Where it arrived.
         at: String,
     },
@@ -180,9 +182,10 @@ impl fmt::Display for Violation {
                 f,
                 "lost: event {event_id} of key {key} (seq {seq}) was committed but never delivered"
             ),
-            Violation::RolledBack { event_id, at } => write!(
+            Violation::RolledBack { event_id, key, at } => write!(
                 f,
-                "rolled back: event {event_id} was rolled back but delivered at {at}"
+                "rolled back: event {event_id} of key {key} was rolled back, so never to be \
+                 delivered, but was delivered at {at}"
             ),
             Violation::OutOfOrder {
                 key,
@@ -333,7 +336,8 @@ impl Ledger {
                 reason: reason.to_owned(),
             })?;
             if inner.rolled_back.contains(&event_id) {
-                return Err(Violation::RolledBack { event_id, at });
+                let key = message.key.clone().unwrap_or_default();
+                return Err(Violation::RolledBack { event_id, key, at });
             }
             let Some(entry) = inner.committed.get(&event_id) else {
                 return Err(Violation::Unknown { event_id, at });
@@ -575,7 +579,8 @@ mod tests {
         assert_eq!(
             violation.to_string(),
             format!(
-                "rolled back: event {} was rolled back but delivered at t/0@4",
+                "rolled back: event {} of key c was rolled back, so never to be delivered, but \
+                 was delivered at t/0@4",
                 ids[4]
             )
         );
