@@ -40,23 +40,22 @@ const PER_ACCOUNT: u32 = 25;
 /// A SQLite file in its own temp directory, removed on drop (also when the
 /// test panics).
 struct TempDb {
-    dir: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl TempDb {
     async fn open() -> (Self, DatabaseConnection) {
-        let dir = std::env::temp_dir().join(format!("outbox-e2e-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.join("outbox.db").display());
+        let dir = tempfile::Builder::new()
+            .prefix("outbox-e2e-")
+            .tempdir()
+            .unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("outbox.db").display()
+        );
         let db = Database::connect(&url).await.unwrap();
         Migrator::up(&db, None).await.unwrap();
-        (Self { dir }, db)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        (Self { _dir: dir }, db)
     }
 }
 

@@ -4,21 +4,22 @@ use crate::Error;
 
 /// Checks that the URL's scheme names a database this build supports.
 pub(super) fn check_scheme(url: &str) -> Result<(), Error> {
-    let scheme = url.split(':').next().unwrap_or_default();
-    let (name, feature, enabled) = match scheme {
+    let scheme = match url::Url::parse(url) {
+        Ok(parsed) => parsed.scheme().to_owned(),
+        Err(_) => {
+            return Err(Error::UnsupportedScheme {
+                scheme: url
+                    .split_once(':')
+                    .map_or("(none)", |(scheme, _)| scheme)
+                    .to_owned(),
+            });
+        }
+    };
+    let (name, feature, enabled) = match scheme.as_str() {
         "postgres" | "postgresql" => ("postgres://", "postgres", cfg!(feature = "postgres")),
         "mysql" => ("mysql://", "mysql", cfg!(feature = "mysql")),
         "sqlite" => ("sqlite://", "sqlite", cfg!(feature = "sqlite")),
-        _ if !url.contains(':') => {
-            return Err(Error::UnsupportedScheme {
-                scheme: "(none)".to_owned(),
-            });
-        }
-        other => {
-            return Err(Error::UnsupportedScheme {
-                scheme: other.to_owned(),
-            });
-        }
+        _ => return Err(Error::UnsupportedScheme { scheme }),
     };
     if enabled {
         Ok(())
@@ -32,20 +33,23 @@ pub(super) fn check_scheme(url: &str) -> Result<(), Error> {
 
 /// A database URL without its password and query, for messages and logs:
 /// `postgres://app:s3cret@db/orders?sslmode=require` becomes
-/// `postgres://app:***@db/orders`.
+/// `postgres://app:***@db/orders`. A URL that does not parse is shown as
+/// its scheme alone.
 pub fn redact(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or_default();
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let masked = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{masked}@{host}{path}")
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Fails only for URLs that cannot have a password.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
         }
-        None => url.to_owned(),
+        Err(_) => match url.split_once(':') {
+            Some((scheme, _)) => format!("{scheme}:(a URL that does not parse)"),
+            None => "(a URL that does not parse)".to_owned(),
+        },
     }
 }
 
@@ -64,6 +68,15 @@ mod tests {
             "mysql://root@127.0.0.1:3306/test"
         );
         assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            redact("sqlite:///var/lib/app/outbox.db?mode=rwc"),
+            "sqlite:///var/lib/app/outbox.db"
+        );
+        assert_eq!(
+            redact("postgres://app:p%40ss@db/orders"),
+            "postgres://app:***@db/orders"
+        );
+        assert!(!redact("postgres://app:s3cret@[::1/x").contains("s3cret"));
     }
 
     #[test]

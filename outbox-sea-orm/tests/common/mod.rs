@@ -8,7 +8,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -85,7 +84,7 @@ enum Cleanup {
         admin_url: String,
         name: String,
     },
-    Dir(PathBuf),
+    Dir(tempfile::TempDir),
     Nothing,
 }
 
@@ -162,9 +161,14 @@ impl TestDb {
                 (url, cleanup, 12)
             }
             Backend::SqliteFile => {
-                let dir = std::env::temp_dir().join(&name);
-                std::fs::create_dir_all(&dir).expect("cannot create a temp dir");
-                let url = format!("sqlite://{}?mode=rwc", dir.join("outbox.db").display());
+                let dir = tempfile::Builder::new()
+                    .prefix(&name)
+                    .tempdir()
+                    .expect("cannot create a temp dir");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("outbox.db").display()
+                );
                 (url, Cleanup::Dir(dir), 4)
             }
             // One connection: more would share one in-memory database,
@@ -250,9 +254,9 @@ impl Drop for TestDb {
                     Err(_) => eprintln!("warning: dropping the test database panicked"),
                 }
             }
-            Cleanup::Dir(dir) => {
-                std::fs::remove_dir_all(dir).ok();
-            }
+            // The directory removes itself when the field drops, after the
+            // connections (declared before it) have closed.
+            Cleanup::Dir(_) => {}
             Cleanup::Nothing => {}
         }
     }
