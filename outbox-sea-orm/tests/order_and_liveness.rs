@@ -124,8 +124,12 @@ async fn commit_order(db: TestDb, relay_between_commits: bool) {
     if relay_between_commits {
         relay.run_once().await.unwrap();
     }
-    a.commit().await.unwrap();
+    // Recorded just before the commit: B, waiting on A's key, can only
+    // finish (and record itself) after A's commit, and recording after it
+    // would race B's record. Had B not waited, it would have committed
+    // and recorded itself during the pause above.
     commits.lock().unwrap().push(1);
+    a.commit().await.unwrap();
     if relay_between_commits {
         relay.run_once().await.unwrap();
     }

@@ -2,10 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use outbox_core::{DeadFilter, OutboxRecord, OutboxStats, RecordRef, Status, TopicStats};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
-    IdenStatic, Iterable, QueryFilter, Statement, Value,
+    Iterable, QueryFilter, Statement, Value,
 };
 
 use super::{SeaOrmStore, TxError, settle};
@@ -62,44 +63,29 @@ fn list_dead_statement(
     after_id: i64,
     limit: usize,
 ) -> Statement {
-    let columns = Column::iter()
-        .map(|column| column.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let hint = match backend {
-        DbBackend::MySql => " FORCE INDEX (idx_outbox_pending)",
-        _ => "",
-    };
-    let (matching, mut params) = dead_filter(filter);
-    params.push(("after", Param::one(after_id)));
-    params.push((
-        "limit",
-        Param::one(i64::try_from(limit).unwrap_or(i64::MAX)),
-    ));
-    render(
-        backend,
-        &format!(
-            "SELECT {columns} FROM outbox{hint}
-WHERE status = 'dead' AND id > :after{matching}
-ORDER BY id LIMIT :limit"
-        ),
-        &params,
-    )
+    let mut select = Query::select();
+    select
+        .columns(Column::iter())
+        .from(Entity)
+        .and_where(Column::Status.eq(Status::Dead.as_str()))
+        .and_where(Column::Id.gt(after_id))
+        .order_by(Column::Id, Order::Asc)
+        .limit(u64::try_from(limit).unwrap_or(u64::MAX));
+    matching(&mut select, filter);
+    if backend == DbBackend::MySql {
+        select.force_index(Alias::new("idx_outbox_pending"), IndexHintScope::All);
+    }
+    backend.build(&select)
 }
 
-/// The conditions of `filter`, to append to a `WHERE`, and their values.
-fn dead_filter(filter: &DeadFilter) -> (String, Vec<(&'static str, Param)>) {
-    let mut sql = String::new();
-    let mut params = Vec::new();
+/// Adds the conditions of `filter`.
+fn matching(select: &mut SelectStatement, filter: &DeadFilter) {
     if let Some(topic) = &filter.topic {
-        sql.push_str(" AND topic = :topic");
-        params.push(("topic", Param::one(topic.as_str())));
+        select.and_where(Column::Topic.eq(topic.as_str()));
     }
     if let Some(key) = &filter.key {
-        sql.push_str(" AND partition_key = :key");
-        params.push(("key", Param::one(key.as_str())));
+        select.and_where(Column::PartitionKey.eq(key.as_str()));
     }
-    (sql, params)
 }
 
 /// Which dead records a requeue revives.
@@ -159,22 +145,18 @@ async fn dead_records(
     txn: &DatabaseTransaction,
     which: Which<'_>,
 ) -> Result<Vec<(i64, Option<String>)>, TxError> {
-    let backend = txn.get_database_backend();
-    let statement = match which {
-        Which::One(id) => render(
-            backend,
-            "SELECT id, partition_key FROM outbox WHERE id = :id AND status = 'dead'",
-            &[("id", Param::one(id))],
-        ),
-        Which::Matching(filter) => {
-            let (matching, params) = dead_filter(filter);
-            render(
-                backend,
-                &format!("SELECT id, partition_key FROM outbox WHERE status = 'dead'{matching}"),
-                &params,
-            )
+    let mut select = Query::select();
+    select
+        .columns([Column::Id, Column::PartitionKey])
+        .from(Entity)
+        .and_where(Column::Status.eq(Status::Dead.as_str()));
+    match which {
+        Which::One(id) => {
+            select.and_where(Column::Id.eq(id));
         }
-    };
+        Which::Matching(filter) => matching(&mut select, filter),
+    }
+    let statement = txn.get_database_backend().build(&select);
     txn.query_all_raw(statement)
         .await?
         .iter()
@@ -241,22 +223,35 @@ pub(super) async fn purge_published_batch(
         ));
     }
     let backend = store.backend();
-    // MySQL/MariaDB take no LIMIT in an IN subquery, but delete with ORDER
-    // BY and LIMIT directly.
-    let template = match backend {
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let old_published = || {
+        Column::Status
+            .eq(Status::Published.as_str())
+            .and(Column::PublishedAt.lt(before))
+    };
+    let mut delete = Query::delete();
+    delete.from_table(Entity);
+    match backend {
+        // MySQL/MariaDB take no LIMIT in an IN subquery, but delete with
+        // ORDER BY and LIMIT directly.
         DbBackend::MySql => {
-            "DELETE FROM outbox WHERE status = 'published' AND published_at < :before
-ORDER BY published_at LIMIT :limit"
+            delete
+                .and_where(old_published())
+                .order_by(Column::PublishedAt, Order::Asc)
+                .limit(limit);
         }
         _ => {
-            "DELETE FROM outbox WHERE id IN (
-  SELECT id FROM outbox WHERE status = 'published' AND published_at < :before
-  ORDER BY published_at LIMIT :limit)"
+            let oldest = Query::select()
+                .column(Column::Id)
+                .from(Entity)
+                .and_where(old_published())
+                .order_by(Column::PublishedAt, Order::Asc)
+                .limit(limit)
+                .to_owned();
+            delete.and_where(Column::Id.in_subquery(oldest));
         }
-    };
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let params = [("before", Param::one(before)), ("limit", Param::one(limit))];
-    let statement = render(backend, template, &params);
+    }
+    let statement = backend.build(&delete);
     store
         .transaction("purge published outbox records", async |txn| {
             Ok::<_, TxError>(txn.execute_raw(statement.clone()).await?.rows_affected())
