@@ -46,9 +46,14 @@ async fn every_committed_event_arrives_once_in_per_key_order() {
         .await
         .expect("stream");
 
-    let dir = std::env::temp_dir().join(format!("outbox-nats-e2e-{run}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.join("outbox.db").display());
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("outbox-nats-e2e-{run}-"))
+        .tempdir()
+        .unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("outbox.db").display()
+    );
     let db = Database::connect(&url).await.expect("SQLite");
     Migrator::up(&db, None).await.expect("migrations");
 
@@ -117,5 +122,5 @@ async fn every_committed_event_arrives_once_in_per_key_order() {
     );
 
     db.close().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }

@@ -429,7 +429,7 @@ async fn broker_down_and_back(db: TestDb) {
 /// removed on drop.
 struct OwnTansu {
     bin: std::path::PathBuf,
-    dir: std::path::PathBuf,
+    dir: tempfile::TempDir,
     port: u16,
     child: Option<std::process::Child>,
 }
@@ -450,8 +450,10 @@ impl OwnTansu {
     }
 
     async fn start(bin: std::path::PathBuf) -> Self {
-        let dir = std::env::temp_dir().join(format!("tansu-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("a temp dir for tansu");
+        let dir = tempfile::Builder::new()
+            .prefix("tansu-")
+            .tempdir()
+            .expect("a temp dir for tansu");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
@@ -475,7 +477,8 @@ impl OwnTansu {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         // tansu reads the path of a `sqlite://` URL from its working dir.
         let storage = "sqlite://tansu.db";
-        let log = std::fs::File::create(self.dir.join("tansu.log")).expect("tansu's log file");
+        let log =
+            std::fs::File::create(self.dir.path().join("tansu.log")).expect("tansu's log file");
         let child = std::process::Command::new(&self.bin)
             .args([
                 "broker",
@@ -485,7 +488,7 @@ impl OwnTansu {
                 &url,
             ])
             .args(["--storage-engine", storage])
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .stdout(log.try_clone().expect("tansu's log file"))
             .stderr(log)
             .spawn()
@@ -515,7 +518,6 @@ impl OwnTansu {
 impl Drop for OwnTansu {
     fn drop(&mut self) {
         self.kill();
-        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
