@@ -129,22 +129,4 @@ async fn relay_killed_with_sigkill(db: TestDb) {
     assert!(busy_kills > 0, "no kill found work pending");
 }
 
-/// Each scenario once per backend.
-macro_rules! on {
-    ($test:ident: $($backend:ident),*) => {
-        mod $test {
-            $(
-                #[allow(non_snake_case)]
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $backend() {
-                    let Some(db) = super::TestDb::new(super::Backend::$backend).await else {
-                        return;
-                    };
-                    super::$test(db).await;
-                }
-            )*
-        }
-    };
-}
-
 on!(relay_killed_with_sigkill: Postgres, MySql, SqliteFile);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{Backend, TestDb};
+use common::TestDb;
 use outbox_core::testkit::TestStore;
 use outbox_core::{
     Clock, DeadFilter, FailureKind, InMemorySink, NewRecord, OutboxAdmin, OutboxEvent, Relay,
@@ -35,24 +35,6 @@ fn step(order: &str, n: u32) -> Step {
         order: order.to_owned(),
         n,
     }
-}
-
-/// Each test once per backend.
-macro_rules! on {
-    ($test:ident: $($backend:ident),*) => {
-        mod $test {
-            $(
-                #[allow(non_snake_case)]
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $backend() {
-                    let Some(db) = super::TestDb::new(super::Backend::$backend).await else {
-                        return;
-                    };
-                    super::$test(db).await;
-                }
-            )*
-        }
-    };
 }
 
 fn relay<Si: Sink>(store: &SeaOrmStore, sink: Si) -> Relay<SeaOrmStore, Si> {

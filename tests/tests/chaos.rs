@@ -33,24 +33,6 @@ use sea_orm::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Each scenario once per backend.
-macro_rules! on {
-    ($test:ident: $($backend:ident),*) => {
-        mod $test {
-            $(
-                #[allow(non_snake_case)]
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $backend() {
-                    let Some(db) = super::TestDb::new(super::Backend::$backend).await else {
-                        return;
-                    };
-                    super::$test(db).await;
-                }
-            )*
-        }
-    };
-}
-
 /// How long a scenario may take to drain once its faults stop.
 const DRAIN: Duration = Duration::from_secs(90);
 
@@ -243,16 +225,18 @@ async fn stop_relays(stop: &watch::Sender<bool>, relays: Vec<JoinHandle<RelaySta
 
 // --- Crashes at the points that matter --------------------------------------
 
-/// Relays crash at random after the broker acknowledged a batch and before
-/// (all of) it was marked; each is replaced by a new relay, which
-/// publishes the unmarked records again once their lease runs out.
-async fn crash_after_ack_before_mark(db: TestDb) {
+/// Relays that crash at random as `odds` say, each replaced by a new relay
+/// (named `<prefix>-<generation>`), until six crashes happened; then the
+/// ledger check, reported as `scenario`.
+async fn crashing_relays(
+    db: TestDb,
+    odds: Odds,
+    prefix: &'static str,
+    scenario: &str,
+) -> ledger::Counts {
     let s = Scenario::new(db, 12).await;
     let writers = s.writers(s.plan());
-    let faults = Faults::new(Odds {
-        crash_after_ack: 0.3,
-        ..Odds::default()
-    });
+    let faults = Faults::new(odds);
     let (stop, stopped) = watch::channel(false);
     let relays = tokio::spawn({
         let (store, sink, faults) = (s.store(), s.sink(Duration::from_secs(5)), faults.clone());
@@ -261,7 +245,7 @@ async fn crash_after_ack_before_mark(db: TestDb) {
                 relay(
                     FaultyStore::new(store.clone(), faults.clone(), crash.clone()),
                     FaultySink::new(sink.clone(), faults.clone(), crash),
-                    format!("ack-{generation}"),
+                    format!("{prefix}-{generation}"),
                     Duration::from_secs(1),
                 )
             },
@@ -269,7 +253,7 @@ async fn crash_after_ack_before_mark(db: TestDb) {
             stopped,
         )
     });
-    wait_for("six crashes after an acknowledgement", DRAIN, || async {
+    wait_for(&format!("six crashes ({scenario})"), DRAIN, || async {
         match faults.crashes() {
             n if n >= 6 => Ok(()),
             n => Err(format!("{n} so far")),
@@ -281,12 +265,19 @@ async fn crash_after_ack_before_mark(db: TestDb) {
     s.drained().await;
     let _ = stop.send(true);
     let kills = relays.await.unwrap();
-    let counts = s
-        .check(
-            "crash after ack before mark",
-            &format!("kills {kills}, writer errors {errors}"),
-        )
-        .await;
+    s.check(scenario, &format!("kills {kills}, writer errors {errors}"))
+        .await
+}
+
+/// Relays crash at random after the broker acknowledged a batch and before
+/// (all of) it was marked; each is replaced by a new relay, which
+/// publishes the unmarked records again once their lease runs out.
+async fn crash_after_ack_before_mark(db: TestDb) {
+    let odds = Odds {
+        crash_after_ack: 0.3,
+        ..Odds::default()
+    };
+    let counts = crashing_relays(db, odds, "ack", "crash after ack before mark").await;
     assert!(
         counts.duplicates > 0,
         "records acknowledged and not marked are published again: {counts}"
@@ -299,45 +290,11 @@ on!(crash_after_ack_before_mark: Postgres, MySql, SqliteFile);
 /// publishing anything: the records stay leased until the lease runs out,
 /// and a new relay takes them over.
 async fn crash_after_claim_before_publish(db: TestDb) {
-    let s = Scenario::new(db, 12).await;
-    let writers = s.writers(s.plan());
-    let faults = Faults::new(Odds {
+    let odds = Odds {
         crash_after_claim: 0.3,
         ..Odds::default()
-    });
-    let (stop, stopped) = watch::channel(false);
-    let relays = tokio::spawn({
-        let (store, sink, faults) = (s.store(), s.sink(Duration::from_secs(5)), faults.clone());
-        run_crashing(
-            move |generation, crash| {
-                relay(
-                    FaultyStore::new(store.clone(), faults.clone(), crash.clone()),
-                    FaultySink::new(sink.clone(), faults.clone(), crash),
-                    format!("claim-{generation}"),
-                    Duration::from_secs(1),
-                )
-            },
-            Duration::from_millis(20),
-            stopped,
-        )
-    });
-    wait_for("six crashes after a claim", DRAIN, || async {
-        match faults.crashes() {
-            n if n >= 6 => Ok(()),
-            n => Err(format!("{n} so far")),
-        }
-    })
-    .await;
-    let errors = writers.finish().await;
-    faults.disarm();
-    s.drained().await;
-    let _ = stop.send(true);
-    let kills = relays.await.unwrap();
-    s.check(
-        "crash after claim before publish",
-        &format!("kills {kills}, writer errors {errors}"),
-    )
-    .await;
+    };
+    crashing_relays(db, odds, "claim", "crash after claim before publish").await;
 }
 
 on!(crash_after_claim_before_publish: Postgres, MySql, SqliteFile);

@@ -384,3 +384,23 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// One `#[tokio::test]` per named backend for an async fn taking a
+/// [`TestDb`]: `on!(scenario: Postgres, MySql, SqliteFile);`.
+#[macro_export]
+macro_rules! on {
+    ($test:ident: $($backend:ident),*) => {
+        mod $test {
+            $(
+                #[allow(non_snake_case)]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $backend() {
+                    let Some(db) = $crate::common::TestDb::new($crate::common::Backend::$backend).await else {
+                        return;
+                    };
+                    super::$test(db).await;
+                }
+            )*
+        }
+    };
+}
