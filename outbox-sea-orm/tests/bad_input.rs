@@ -20,15 +20,8 @@ struct OrderPlaced {
 }
 
 /// The whole chain, as an error report prints it.
-fn report(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    outbox_core::error_chain(error)
 }
 
 #[tokio::test]
