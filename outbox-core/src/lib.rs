@@ -81,7 +81,9 @@ pub use error::{BoxError, Error, StoreError};
 pub use event::{OutboxEvent, TypedEvent, decode, decode_as};
 pub use memory::{FailureKind, InMemorySink, InMemoryStore};
 pub use record::{Headers, NewRecord, OutboxRecord, Status};
-pub use relay::{DeadKeyPolicy, Relay, RelayBuilder, RelayStatus, RunReport, describe_metrics};
+pub use relay::{
+    DeadKeyPolicy, Relay, RelayBuilder, RelayStatus, RunReport, Wakeup, describe_metrics,
+};
 pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
 pub use sink::{HeldBack, Outcome, Sink, SinkFn, error_chain, publish_by_key, sink_fn};
 pub use store::{

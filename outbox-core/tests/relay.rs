@@ -823,3 +823,192 @@ async fn health_follows_the_last_success() {
         "{reason}"
     );
 }
+
+/// A sink that publishes through an [`InMemorySink`] after a pause, and
+/// records how many batches were in its hands at once and whether two of
+/// them ever shared a key.
+#[derive(Clone, Default)]
+struct OverlapSink {
+    inner: InMemorySink,
+    state: Arc<std::sync::Mutex<Overlap>>,
+}
+
+#[derive(Default)]
+struct Overlap {
+    in_flight: Vec<Vec<String>>,
+    most_at_once: usize,
+    shared_keys: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl outbox_core::Sink for OverlapSink {
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<outbox_core::Outcome> {
+        outbox_core::sink::collect_outcomes(self, records).await
+    }
+
+    async fn publish_each(
+        &self,
+        records: &[OutboxRecord],
+        report: &(dyn Fn(usize, outbox_core::Outcome) + Send + Sync),
+    ) {
+        let keys: Vec<String> = records.iter().filter_map(|r| r.key.clone()).collect();
+        {
+            let mut state = self.state.lock().unwrap();
+            for key in &keys {
+                if state.in_flight.iter().any(|batch| batch.contains(key)) {
+                    state.shared_keys.push(key.clone());
+                }
+            }
+            state.in_flight.push(keys.clone());
+            state.most_at_once = state.most_at_once.max(state.in_flight.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.inner.publish_each(records, report).await;
+        let mut state = self.state.lock().unwrap();
+        let index = state.in_flight.iter().position(|b| *b == keys).unwrap();
+        state.in_flight.remove(index);
+    }
+}
+
+async fn drain_with_overlap(batches_in_flight: usize) -> (OverlapSink, InMemoryStore) {
+    let store = InMemoryStore::new();
+    for n in 0..300 {
+        enqueue(&store, &[&step(&format!("k{}", n % 100), n)]).await;
+    }
+    let sink = OverlapSink::default();
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .batch_size(20)
+        .batches_in_flight(batches_in_flight)
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = async {
+        relay
+            .run(async move {
+                let mut stopped = stopped;
+                stopped.wait_for(|s| *s).await.map(drop).unwrap_or(());
+            })
+            .await;
+    };
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.inner.delivered().len() < 300 {
+            assert!(Instant::now() < deadline, "not drained in time");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+    };
+    tokio::join!(running, watch);
+    (sink, store)
+}
+
+#[tokio::test]
+async fn batches_overlap_up_to_the_limit_and_never_share_a_key() {
+    let (sink, store) = drain_with_overlap(3).await;
+    let state = sink.state.lock().unwrap();
+    assert_eq!(state.most_at_once, 3, "the relay kept three batches in flight");
+    assert!(
+        state.shared_keys.is_empty(),
+        "batches in flight shared keys {:?}",
+        state.shared_keys
+    );
+    for (key, steps) in steps_by_key_of(&sink.inner) {
+        let mut sorted = steps.clone();
+        sorted.sort_unstable();
+        assert_eq!(steps, sorted, "key {key} out of order");
+        assert_eq!(steps.len(), 3, "key {key} published once each");
+    }
+    assert_eq!(store.records_with_status(Status::Published).len(), 300);
+
+    let (sink, _) = drain_with_overlap(1).await;
+    assert_eq!(
+        sink.state.lock().unwrap().most_at_once,
+        1,
+        "one batch at a time when told so"
+    );
+}
+
+fn steps_by_key_of(sink: &InMemorySink) -> HashMap<String, Vec<u32>> {
+    steps_by_key(sink)
+}
+
+/// Runs `relay` until `stop` is set, on the test's (paused) runtime.
+fn spawn_relay(
+    relay: Relay<InMemoryStore, InMemorySink>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        relay.run(async { stopped.await.unwrap_or(()) }).await;
+    });
+    (stop, running)
+}
+
+/// Waits (in virtual time) until the sink holds `count` records; returns
+/// how long that took.
+async fn until_delivered(sink: &InMemorySink, count: usize) -> Duration {
+    let started = Instant::now();
+    while sink.delivered().len() < count {
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wakeup_ends_the_idle_wait_at_once_and_the_poll_remains() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    let poll = Duration::from_secs(60);
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .poll_interval(poll)
+        .build()
+        .unwrap();
+    let wakeup = relay.wakeup();
+    let (stop, running) = spawn_relay(relay);
+
+    // Idle for an hour of virtual time: the relay polls every minute now.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    enqueue(&store, &[&step("a", 1)]).await;
+    wakeup.wake();
+    let woken = until_delivered(&sink, 1).await;
+    // The wait for delivery sleeps in steps of the timer's millisecond.
+    assert!(
+        woken <= Duration::from_millis(1),
+        "a woken relay claims at once, took {woken:?}"
+    );
+
+    // Without a wake-up, the poll finds a record within one interval, not
+    // at once.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    enqueue(&store, &[&step("a", 2)]).await;
+    let polled = until_delivered(&sink, 2).await;
+    assert!(
+        polled > Duration::from_millis(100) && polled <= poll + Duration::from_millis(1),
+        "found by the poll within an interval, took {polled:?}"
+    );
+    stop.send(()).unwrap();
+    running.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn right_after_work_the_relay_polls_within_milliseconds() {
+    let store = InMemoryStore::new();
+    let sink = InMemorySink::new();
+    let relay = Relay::builder(store.clone(), sink.clone())
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (stop, running) = spawn_relay(relay);
+    enqueue(&store, &[&step("a", 1)]).await;
+    // The first claim, at start, finds it.
+    assert!(until_delivered(&sink, 1).await <= Duration::from_millis(1));
+    // Just after a batch, empty claims come 5 ms, then 10 ms, ... apart.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    enqueue(&store, &[&step("a", 2)]).await;
+    let found = until_delivered(&sink, 2).await;
+    assert!(
+        found <= Duration::from_millis(20),
+        "a relay that just had work polls again soon, took {found:?}"
+    );
+    stop.send(()).unwrap();
+    running.await.unwrap();
+}

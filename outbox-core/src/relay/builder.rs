@@ -4,10 +4,16 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Chores, Relay, RelayStatus};
+use super::{Chores, Relay, RelayStatus, Wakeup};
 use crate::clock::{Clock, SystemClock};
 use crate::retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
 use crate::{Error, OutboxAdmin, OutboxStore, Sink};
+
+/// [`RelayBuilder::batch_size`]'s default.
+const DEFAULT_BATCH_SIZE: usize = 500;
+
+/// [`RelayBuilder::batches_in_flight`]'s default.
+const DEFAULT_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The longest lease [`RelayBuilder::lease`] accepts.
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
@@ -36,8 +42,10 @@ pub struct RelayBuilder<St, Si> {
     sink: Si,
     relay_id: Option<String>,
     batch_size: usize,
+    batches_in_flight: usize,
     poll_interval: Duration,
     lease: Duration,
+    wakeup: Option<Wakeup>,
     max_attempts: Option<u32>,
     retry_policy: Option<Box<dyn RetryPolicy>>,
     backoff: Box<dyn Backoff>,
@@ -52,9 +60,11 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             store,
             sink,
             relay_id: None,
-            batch_size: 100,
+            batch_size: DEFAULT_BATCH_SIZE,
+            batches_in_flight: DEFAULT_BATCHES_IN_FLIGHT,
             poll_interval: Duration::from_millis(500),
             lease: Duration::from_secs(30),
+            wakeup: None,
             max_attempts: None,
             retry_policy: None,
             backoff: Box::new(ExponentialBackoff::default()),
@@ -72,7 +82,7 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         self
     }
 
-    /// The most records claimed and published at once. Default: 100. Must
+    /// The most records claimed at once, as one batch. Default: 500. Must
     /// be at least 1.
     #[must_use]
     pub fn batch_size(mut self, batch_size: usize) -> Self {
@@ -80,8 +90,30 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         self
     }
 
-    /// How long [`Relay::run`] waits when the outbox is empty or the store
-    /// failed. Default: 500 ms. Must be greater than zero.
+    /// How many batches [`Relay::run`] publishes at once: with 2, the next
+    /// batch is claimed while the last one is published and settled, so
+    /// the database and the broker round trips overlap. Batches in flight
+    /// never share a key. Default: 2. Must be at least 1 (one batch after
+    /// the other).
+    #[must_use]
+    pub fn batches_in_flight(mut self, batches: usize) -> Self {
+        self.batches_in_flight = batches;
+        self
+    }
+
+    /// The signal that wakes the relay when records are committed in this
+    /// process (see [`Wakeup`]). Default: a signal of its own, which
+    /// [`Relay::wakeup`] returns.
+    #[must_use]
+    pub fn wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = Some(wakeup);
+        self
+    }
+
+    /// The longest wait between claims when the outbox is empty (the relay
+    /// polls sooner right after it found work, see [`Relay::run`]), and
+    /// the first pause after a failure. Default: 500 ms. Must be greater
+    /// than zero.
     #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
@@ -171,6 +203,11 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         if self.batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
+        if self.batches_in_flight == 0 {
+            return Err(Error::Config(
+                "batches in flight must be at least 1".into(),
+            ));
+        }
         if self.poll_interval.is_zero() {
             return Err(Error::Config(
                 "poll interval must be greater than zero".into(),
@@ -208,8 +245,10 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             status: Mutex::new(RelayStatus::new(relay_id.clone())),
             relay_id,
             batch_size: self.batch_size,
+            batches_in_flight: self.batches_in_flight,
             poll_interval: self.poll_interval,
             lease: self.lease,
+            wakeup: self.wakeup.unwrap_or_default(),
             retry_policy,
             backoff: self.backoff,
             dead_key_policy: self.dead_key_policy,
@@ -256,6 +295,7 @@ impl<St, Si> fmt::Debug for RelayBuilder<St, Si> {
         f.debug_struct("RelayBuilder")
             .field("relay_id", &self.relay_id)
             .field("batch_size", &self.batch_size)
+            .field("batches_in_flight", &self.batches_in_flight)
             .field("poll_interval", &self.poll_interval)
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)

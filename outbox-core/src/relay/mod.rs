@@ -4,17 +4,22 @@ mod builder;
 mod chores;
 mod report;
 mod tracker;
+mod wakeup;
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 pub use builder::{DeadKeyPolicy, RelayBuilder};
 pub use report::{RelayStatus, RunReport};
+pub use wakeup::Wakeup;
 
 use self::chores::Chores;
 use self::tracker::Tracker;
@@ -28,6 +33,12 @@ use crate::{Error, OutboxRecord, OutboxStore, Outcome, Sink};
 /// is known: delivered records are marked published this soon after their
 /// acknowledgement, whatever the slowest record of the batch does.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The first pause after an empty claim that followed work: the pause
+/// doubles with each empty claim in a row, up to the poll interval, so a
+/// relay that just drained its backlog picks up new records within
+/// milliseconds, and an idle one polls at the configured interval.
+const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(5);
 
 /// The longest pause after consecutive failed batches (the poll interval
 /// doubles from one failure to the next, with jitter, up to this).
@@ -47,8 +58,10 @@ pub struct Relay<St, Si> {
     sink: Si,
     relay_id: String,
     batch_size: usize,
+    batches_in_flight: usize,
     poll_interval: Duration,
     lease: Duration,
+    wakeup: Wakeup,
     retry_policy: Box<dyn RetryPolicy>,
     backoff: Box<dyn Backoff>,
     dead_key_policy: DeadKeyPolicy,
@@ -93,13 +106,30 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
     /// leased until the lease runs out, then another attempt publishes them
     /// again (delivery is at least once).
     pub async fn run_once(&self) -> Result<RunReport, Error> {
-        let started = std::time::Instant::now();
-        let result = self.batch().await;
-        record_metrics(&result, started.elapsed());
+        let started = Instant::now();
+        let result = match self.claim().await {
+            Ok(batch) if batch.records.is_empty() => Ok(RunReport::default()),
+            Ok(batch) => self.deliver(batch).await,
+            Err(error) => Err(error),
+        };
+        self.finish(&result, started);
+        result
+    }
+
+    /// A clone of the relay's [`Wakeup`]: call [`Wakeup::wake`] after
+    /// committing outbox records in this process and [`run`](Self::run)
+    /// claims them at once.
+    pub fn wakeup(&self) -> Wakeup {
+        self.wakeup.clone()
+    }
+
+    /// Records a batch's end in the metrics and the status.
+    fn finish(&self, result: &Result<RunReport, Error>, started: Instant) {
+        record_metrics(result, started.elapsed());
         let now = self.clock.now();
         let mut status = self.lock_status();
         status.last_run_at = Some(now);
-        match &result {
+        match result {
             Ok(report) => {
                 status.totals += *report;
                 status.last_error = None;
@@ -115,18 +145,23 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         }
         metrics::gauge!("outbox_relay_consecutive_failures")
             .set(f64::from(status.consecutive_failures));
-        result
     }
 
     /// Runs batches until `shutdown` resolves; returns only then.
     ///
-    /// While batches come back non-empty the next one starts at once;
-    /// otherwise the relay sleeps `poll_interval`. No error stops it: a
-    /// failed batch (the database or the sink down, a statement refused) is
-    /// logged, counted in [`RelayStatus::consecutive_failures`], and tried
-    /// again after a pause that doubles with each failure in a row, with
-    /// jitter, from the poll interval up to 30 s. On shutdown, the batch in
-    /// progress is finished (published and settled) and no new one is
+    /// Up to [`batches_in_flight`](RelayBuilder::batches_in_flight) batches
+    /// are published at once: the next batch is claimed while the current
+    /// one is published and settled (a key whose records are leased is
+    /// never claimed again before they settle, so batches in flight never
+    /// share a key). While claims find records the next one starts at once.
+    /// After an empty claim the relay waits, 5 ms at first and twice as
+    /// long after each empty claim in a row, up to `poll_interval`; a
+    /// [`Wakeup`] ends the wait at once. No error stops it: a failed batch
+    /// (the database or the sink down, a statement refused) is logged,
+    /// counted in [`RelayStatus::consecutive_failures`], and the next claim
+    /// waits a pause that doubles with each failure in a row, with jitter,
+    /// from the poll interval up to 30 s. On shutdown, the batches in
+    /// progress are finished (published and settled) and no new one is
     /// claimed, so the relay holds no lease when this returns.
     ///
     /// Beside the batches it purges published records and reports the
@@ -151,34 +186,96 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
             ExponentialBackoff::new(self.poll_interval, MAX_ERROR_PAUSE.max(self.poll_interval))
                 .expect("the poll interval is checked to be positive by the builder");
         self.lock_status().running = true;
+        let mut stopping = false;
+        // The claim in progress, if any; at most one at a time.
+        let mut claiming: Option<ClaimFuture<'_>> = None;
+        // The batches being published and settled.
+        let mut delivering = FuturesUnordered::new();
+        // When the next claim may start.
+        let mut next_claim = Instant::now();
+        let mut empty_claims: u32 = 0;
         loop {
-            let pause = match self.run_once().await {
-                Ok(report) if report.claimed > 0 => Duration::ZERO,
-                Ok(_) => self.poll_interval,
-                Err(error) => {
-                    let failures = self.lock_status().consecutive_failures;
-                    let pause = error_backoff.delay(failures);
-                    tracing::warn!(
-                        relay = %self.relay_id,
-                        error = %error_chain(&error),
-                        retriable = error.is_retriable(),
-                        consecutive_failures = failures,
-                        pause_ms = pause.as_millis() as u64,
-                        "outbox relay batch failed; trying again after a pause"
-                    );
-                    pause
-                }
-            };
+            let slot_free = delivering.len() < self.batches_in_flight;
+            if !stopping && claiming.is_none() && slot_free && Instant::now() >= next_claim {
+                claiming = Some(Box::pin(async {
+                    let started = Instant::now();
+                    (self.claim().await, started)
+                }));
+            }
+            if stopping && claiming.is_none() && delivering.is_empty() {
+                break;
+            }
+            let waiting = !stopping && claiming.is_none() && slot_free;
             tokio::select! {
                 biased;
-                () = &mut shutdown => break,
-                () = tokio::time::sleep(pause) => {}
+                () = &mut shutdown, if !stopping => stopping = true,
+                (claimed, started) = async { claiming.as_mut().expect("checked").await },
+                    if claiming.is_some() =>
+                {
+                    claiming = None;
+                    match claimed {
+                        Ok(batch) if batch.records.is_empty() => {
+                            self.finish(&Ok(RunReport::default()), started);
+                            empty_claims = empty_claims.saturating_add(1);
+                            next_claim = Instant::now() + self.idle_pause(empty_claims);
+                        }
+                        Ok(batch) => {
+                            empty_claims = 0;
+                            delivering.push(async move { (self.deliver(batch).await, started) });
+                        }
+                        Err(error) => {
+                            let result = Err(error);
+                            self.finish(&result, started);
+                            next_claim = Instant::now() + self.failed(&result, &error_backoff);
+                        }
+                    }
+                }
+                Some((result, started)) = delivering.next(), if !delivering.is_empty() => {
+                    self.finish(&result, started);
+                    if result.is_err() {
+                        next_claim = Instant::now() + self.failed(&result, &error_backoff);
+                    }
+                }
+                () = tokio::time::sleep_until(next_claim), if waiting => {}
+                () = self.wakeup.woken(), if waiting && empty_claims > 0 => {
+                    empty_claims = 0;
+                    next_claim = Instant::now();
+                }
             }
         }
         self.lock_status().running = false;
     }
 
-    async fn batch(&self) -> Result<RunReport, Error> {
+    /// How long to wait after `empty_claims` empty claims in a row.
+    fn idle_pause(&self, empty_claims: u32) -> Duration {
+        let doublings = empty_claims.saturating_sub(1).min(20);
+        (FIRST_IDLE_PAUSE * 2u32.pow(doublings)).min(self.poll_interval)
+    }
+
+    /// Logs a failed batch; returns the pause before the next claim.
+    fn failed(
+        &self,
+        result: &Result<RunReport, Error>,
+        error_backoff: &ExponentialBackoff,
+    ) -> Duration {
+        let Err(error) = result else {
+            return Duration::ZERO;
+        };
+        let failures = self.lock_status().consecutive_failures;
+        let pause = error_backoff.delay(failures);
+        tracing::warn!(
+            relay = %self.relay_id,
+            error = %error_chain(error),
+            retriable = error.is_retriable(),
+            consecutive_failures = failures,
+            pause_ms = pause.as_millis() as u64,
+            "outbox relay batch failed; trying again after a pause"
+        );
+        pause
+    }
+
+    /// Claims a batch (possibly empty) under a token of its own.
+    async fn claim(&self) -> Result<Claimed, Error> {
         let token = format!(
             "{}#{}",
             self.relay_id,
@@ -198,10 +295,16 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         );
         let records = self.store.claim(&request).instrument(span.clone()).await?;
         span.record("claimed", records.len());
-        if records.is_empty() {
-            return Ok(RunReport::default());
-        }
+        Ok(Claimed {
+            owner: request.owner,
+            records,
+        })
+    }
 
+    /// Publishes a claimed batch and settles each record as its outcome
+    /// becomes known.
+    async fn deliver(&self, batch: Claimed) -> Result<RunReport, Error> {
+        let Claimed { owner, records } = batch;
         let span = tracing::debug_span!(
             "outbox.publish",
             relay = %self.relay_id,
@@ -258,7 +361,7 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
             merge(&mut settlement, self.settlement(&records, ready));
             let mut failed = None;
             if !settlement.is_empty() {
-                match self.apply(&request.owner, &settlement).await {
+                match self.apply(&owner, &settlement).await {
                     Ok(()) => totals += report_of(&settlement),
                     Err(error) => {
                         carried = settlement;
@@ -373,6 +476,16 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// A claimed batch and the token it was claimed under.
+struct Claimed {
+    owner: String,
+    records: Vec<OutboxRecord>,
+}
+
+/// A claim in progress and when it started.
+type ClaimFuture<'a> =
+    Pin<Box<dyn Future<Output = (Result<Claimed, Error>, Instant)> + Send + 'a>>;
 
 fn report_of(settlement: &Settlement) -> RunReport {
     RunReport {
