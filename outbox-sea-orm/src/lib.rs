@@ -86,11 +86,15 @@ pub mod entity;
 mod error;
 pub mod inbox;
 mod keys;
+mod outbox;
 mod sql;
 mod store;
 
 pub use enqueue::{AsEvent, enqueue, enqueue_all, enqueue_in, enqueue_records, marker};
 pub use error::{DbError, Error};
+#[cfg(feature = "postgres")]
+pub use outbox::listen;
+pub use outbox::{NOTIFY_CHANNEL, Outbox};
 pub use store::{SeaOrmStore, redact_url};
 #[doc(hidden)]
 pub use store::{claim_statements, explained_statements};
