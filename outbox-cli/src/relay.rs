@@ -26,7 +26,8 @@ pub(crate) const EXAMPLES: &str = "\
 Examples:
   outbox relay --brokers 127.0.0.1:9092
   outbox relay --brokers kafka:9092 -X security.protocol=ssl --metrics-addr 0.0.0.0:9464
-  outbox relay --kafka-config kafka.properties --retain 3d --batch-size 500
+  outbox relay --kafka-config kafka.properties --retain 3d --batch-size 1000
+  outbox relay --brokers 127.0.0.1:9092 --listen          # PostgreSQL: wake on NOTIFY
   outbox relay --brokers 127.0.0.1:9092 --until-empty      # drain, then exit 0";
 
 /// `outbox relay`.
@@ -34,14 +35,24 @@ Examples:
 pub(crate) struct RelayArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// The most records claimed and published at once.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// The most records claimed at once, as one batch.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     batch_size: u64,
+    /// How many batches are published at once (the next one is claimed
+    /// while the last is published).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batches_in_flight: u64,
+    /// On PostgreSQL, wake at once when a writer commits with
+    /// `Outbox::notify_on_commit` (LISTEN on the `outbox` channel; holds
+    /// one connection), instead of waiting for the next poll.
+    #[arg(long)]
+    listen: bool,
     /// How long a claim holds before another relay may take its records
     /// over (1s to 24h).
     #[arg(long, value_name = "PERIOD", default_value = "30s", value_parser = db::period)]
     lease: Duration,
-    /// How long to wait when nothing is pending.
+    /// The longest wait between polls when nothing is pending (the relay
+    /// polls sooner right after it had work).
     #[arg(long, value_name = "PERIOD", default_value = "500ms", value_parser = db::period)]
     poll_interval: Duration,
     /// This relay's id in the records it leases (default: relay-<host>-<pid>).
@@ -95,6 +106,13 @@ fn retention(text: &str) -> Result<Retention, String> {
 
 pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> {
     let store = db::store(url, 5).await?;
+    if args.listen && store.backend() != sea_orm::DbBackend::Postgres {
+        anyhow::bail!(
+            "--listen needs PostgreSQL (LISTEN/NOTIFY), and {} is not; leave it off: the relay \
+             polls, and wakes at once after work",
+            outbox_sea_orm::redact_url(url)
+        );
+    }
     let config = args.kafka.config()?;
     let brokers = config
         .get("bootstrap.servers")
@@ -116,6 +134,7 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
     let mut builder = Relay::builder(store.clone(), sink)
         .relay_id(relay_id)
         .batch_size(usize::try_from(args.batch_size).unwrap_or(usize::MAX))
+        .batches_in_flight(usize::try_from(args.batches_in_flight).unwrap_or(usize::MAX))
         .lease(args.lease)
         .poll_interval(args.poll_interval)
         .report_backlog(args.backlog_interval);
@@ -126,6 +145,15 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
         builder = builder.max_attempts(max);
     }
     let relay = Arc::new(builder.build().context("invalid relay settings")?);
+    let listening = if args.listen {
+        Some(
+            outbox_sea_orm::listen(&store, relay.wakeup())
+                .await
+                .context("cannot listen for outbox notifications (--listen)")?,
+        )
+    } else {
+        None
+    };
 
     let (stop, stopped) = watch::channel(false);
     let server = match (args.metrics_addr, prometheus) {
@@ -146,6 +174,8 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
         database = %outbox_sea_orm::redact_url(url),
         brokers = %brokers,
         batch_size = args.batch_size,
+        batches_in_flight = args.batches_in_flight,
+        listen = args.listen,
         retain = ?args.retain,
         metrics = ?args.metrics_addr,
         "outbox relay started"
@@ -172,6 +202,9 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
         () = drained => tracing::info!("nothing left to publish; stopping"),
     }
     let _ = stop.send(true);
+    if let Some(listening) = listening {
+        listening.abort();
+    }
     let finished = tokio::time::timeout(args.shutdown_timeout, &mut run).await;
     if let Some(server) = server {
         server.await.ok();

@@ -444,6 +444,10 @@ async fn bad_input_gets_one_line_and_the_right_exit_code() {
         let mut no_broker = outbox(&db.url);
         no_broker.arg("relay");
         assert_fails(&output(no_broker).await, 2, "--brokers");
+
+        let mut listen = outbox(&db.url);
+        listen.args(["relay", "--brokers", "127.0.0.1:1", "--listen"]);
+        assert_fails(&output(listen).await, 1, "--listen needs PostgreSQL");
     }
 }
 
@@ -690,6 +694,9 @@ async fn relay_publishes_serves_metrics_and_health_and_stops_on_sigterm() {
             .args(["--log-format", "json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if db.backend == Backend::Postgres {
+            relay.arg("--listen");
+        }
         let mut child = relay.spawn().unwrap();
 
         // Ready once a batch succeeded; every event published.
