@@ -26,6 +26,10 @@ pub(crate) const ROWS_PER_INSERT: usize = 2_000;
 /// 8, 4 MiB on older servers), so many large events are written in several
 /// statements rather than refused. An event larger than this goes alone.
 pub(crate) const BYTES_PER_INSERT: usize = 1 << 20;
+/// The most records PostgreSQL writes with their keys in one statement
+/// ([`locked_insert`]); larger writes take a statement for the keys and
+/// one per chunk of records.
+const RECORDS_PER_LOCKED_INSERT: usize = 100;
 
 /// Writes one event to the outbox through `db`: the caller's transaction
 /// (then the event is published if and only if it commits), a pool, or a
@@ -269,6 +273,18 @@ pub(crate) async fn write(
         }
     }
     heads.sort_by_key(|(key, _)| *key);
+    if backend == sea_orm::DbBackend::Postgres
+        && !heads.is_empty()
+        && records.len() <= RECORDS_PER_LOCKED_INSERT
+        && chunks(records).len() == 1
+    {
+        let statement = locked_insert(backend, &heads, records, &available)?;
+        if let Err(error) = db.execute(&statement).await {
+            let error = fail(diagnose, "write events to the outbox", error).await;
+            return Err(too_large(records, error));
+        }
+        return Ok(());
+    }
     let upsert_heads = async || {
         for chunk in heads.chunks(ROWS_PER_INSERT) {
             let upsert = keys::upsert(
@@ -448,47 +464,112 @@ fn check(record: &NewRecord) -> Result<(), Error> {
     Ok(())
 }
 
+/// On PostgreSQL, the keys' upsert and the records' insert in one
+/// statement, so an event costs the writer one round trip:
+///
+/// ```sql
+/// WITH locked AS (INSERT INTO outbox_keys ... ON CONFLICT ... DO UPDATE ... RETURNING partition_key)
+/// INSERT INTO outbox (...) SELECT ... FROM (SELECT COUNT(*) FROM locked) AS l UNION ALL ...
+/// ```
+///
+/// The count reads every row of `locked` before the first record row is
+/// formed, so the keys are locked (waiting for a writer of the same key to
+/// commit) before the records' ids are drawn from the sequence: ids follow
+/// commit order per key, as with the two statements.
+fn locked_insert(
+    backend: sea_orm::DbBackend,
+    heads: &[(&str, &NewRecord)],
+    records: &[NewRecord],
+    available: &dyn Fn(&NewRecord) -> SimpleExpr,
+) -> Result<sea_orm::sea_query::WithQuery, Error> {
+    use sea_orm::sea_query::{Alias, CommonTableExpression, Expr, UnionType, WithClause};
+
+    let mut upsert = keys::upsert(
+        backend,
+        heads
+            .iter()
+            .map(|(key, record)| ((*key).to_owned(), available(record))),
+    );
+    upsert.returning_col(Alias::new("partition_key"));
+    let locked = CommonTableExpression::new()
+        .query(upsert)
+        .table_name(Alias::new("locked"))
+        .to_owned();
+    let count = Query::select()
+        .expr(Expr::cust("COUNT(*)"))
+        .from(Alias::new("locked"))
+        .to_owned();
+    let mut rows: Option<sea_orm::sea_query::SelectStatement> = None;
+    for record in records {
+        let mut row = Query::select();
+        row.exprs(row_values(record, available)?)
+            .from_subquery(count.clone(), Alias::new("l"));
+        match &mut rows {
+            None => rows = Some(row),
+            Some(first) => {
+                first.union(UnionType::All, row);
+            }
+        }
+    }
+    let rows = rows.expect("at least one record");
+    let mut insert = Query::insert();
+    insert
+        .into_table(Entity)
+        .columns(INSERT_COLUMNS)
+        .select_from(rows)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(insert.with(WithClause::new().cte(locked).to_owned()))
+}
+
+/// The columns an insert sets, in [`row_values`]' order.
+const INSERT_COLUMNS: [Column; 12] = [
+    Column::EventId,
+    Column::Topic,
+    Column::PartitionKey,
+    Column::EventType,
+    Column::SchemaVersion,
+    Column::Payload,
+    Column::Headers,
+    Column::Status,
+    Column::Attempts,
+    Column::AvailableAt,
+    Column::CreatedAt,
+    Column::UpdatedAt,
+];
+
+/// A record's values for [`INSERT_COLUMNS`].
+fn row_values(
+    record: &NewRecord,
+    available: &dyn Fn(&NewRecord) -> SimpleExpr,
+) -> Result<[SimpleExpr; 12], Error> {
+    let headers = serde_json::to_string(&record.headers)
+        .map_err(|e| Error::InvalidArgument(format!("headers do not serialize: {e}")))?;
+    Ok([
+        record.event_id.into(),
+        record.topic.clone().into(),
+        record.key.clone().into(),
+        record.event_type.clone().into(),
+        // Checked to fit above.
+        (record.schema_version as i32).into(),
+        record.payload.clone().into(),
+        headers.into(),
+        Status::Pending.as_str().into(),
+        0_i32.into(),
+        available(record),
+        record.created_at.into(),
+        Utc::now().into(),
+    ])
+}
+
 fn insert_statement(
     records: &[NewRecord],
     available: &dyn Fn(&NewRecord) -> SimpleExpr,
 ) -> Result<sea_orm::sea_query::InsertStatement, Error> {
-    let columns = [
-        Column::EventId,
-        Column::Topic,
-        Column::PartitionKey,
-        Column::EventType,
-        Column::SchemaVersion,
-        Column::Payload,
-        Column::Headers,
-        Column::Status,
-        Column::Attempts,
-        Column::AvailableAt,
-        Column::CreatedAt,
-        Column::UpdatedAt,
-    ];
-    let now = Utc::now();
     let mut insert = Query::insert();
-    insert.into_table(Entity).columns(columns);
+    insert.into_table(Entity).columns(INSERT_COLUMNS);
     for record in records {
-        let headers = serde_json::to_string(&record.headers)
-            .map_err(|e| Error::InvalidArgument(format!("headers do not serialize: {e}")))?;
-        let values: [SimpleExpr; 12] = [
-            record.event_id.into(),
-            record.topic.clone().into(),
-            record.key.clone().into(),
-            record.event_type.clone().into(),
-            // Checked to fit above.
-            (record.schema_version as i32).into(),
-            record.payload.clone().into(),
-            headers.into(),
-            Status::Pending.as_str().into(),
-            0_i32.into(),
-            available(record),
-            record.created_at.into(),
-            now.into(),
-        ];
         insert
-            .values(values)
+            .values(row_values(record, available)?)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     }
     Ok(insert)
