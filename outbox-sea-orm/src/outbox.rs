@@ -146,9 +146,7 @@ impl Outbox {
         let value = match callback(&txn).await {
             Ok(value) => value,
             Err(error) => {
-                txn.rollback()
-                    .await
-                    .map_err(TransactionError::Connection)?;
+                txn.rollback().await.map_err(TransactionError::Connection)?;
                 return Err(TransactionError::Transaction(error));
             }
         };
