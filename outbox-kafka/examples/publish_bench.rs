@@ -3,14 +3,22 @@
 //! ```text
 //! cargo run --release -p outbox-kafka --example publish_bench -- \
 //!     --records 100000 --batch 500 [--partitions 6] [--brokers host:port] \
-//!     [--set property=value]...
+//!     [--rtt-ms N] [--set property=value]...
 //! ```
 //!
-//! Without `--brokers` it runs against librdkafka's in-process mock cluster.
-//! Three variants, each on a fresh topic: every record of a batch with its
-//! own key, ten hot keys (each batch holds about `batch / 10` records per
-//! key, sent one round trip after the other), and no keys. Records that are
-//! not delivered are published again, as the relay would.
+//! Without `--brokers` it runs against librdkafka's in-process mock cluster,
+//! whose brokers answer after `--rtt-ms` (default 0). Both ways of keeping
+//! per-key order are measured, each on hot keys (10 keys: a batch of 500
+//! holds about 50 records per key) and on many keys (1,000), each variant on
+//! a fresh topic:
+//!
+//! - pipelined, the default (`enable.gapless.guarantee=true`): a key's
+//!   records go to the producer together;
+//! - one record at a time per key (`enable.gapless.guarantee=false`): each
+//!   once the previous one is acknowledged, a round trip per record of a
+//!   key.
+//!
+//! Records that are not delivered are published again, as the relay would.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -36,6 +44,8 @@ struct Args {
     batch: usize,
     partitions: i32,
     brokers: Option<String>,
+    /// The mock brokers' round trip time.
+    rtt: Duration,
     /// Extra producer properties, `key=value`.
     set: Vec<(String, String)>,
 }
@@ -46,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         batch: 500,
         partitions: 6,
         brokers: None,
+        rtt: Duration::ZERO,
         set: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => args.batch = parse(&flag, &value()?)?,
             "--partitions" => args.partitions = parse(&flag, &value()?)?,
             "--brokers" => args.brokers = Some(value()?),
+            "--rtt-ms" => args.rtt = Duration::from_millis(parse(&flag, &value()?)?),
             "--set" => {
                 let pair = value()?;
                 let (key, value) = pair
@@ -66,7 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--help" | "-h" => {
                 return Err(
                     "usage: publish_bench [--records N] [--batch N] [--partitions N] \
-                            [--brokers host:port] [--set property=value]..."
+                            [--brokers host:port] [--rtt-ms N] [--set property=value]..."
                         .into(),
                 );
             }
@@ -85,41 +97,20 @@ fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
         .map_err(|_| format!("{flag} takes a number, not `{value}`"))
 }
 
-/// How the records of a variant are keyed.
-#[derive(Clone, Copy)]
-enum Keys {
-    Distinct,
-    Hot(usize),
-    None,
-}
+/// The key counts measured: hot keys, and many keys.
+const KEY_COUNTS: [usize; 2] = [10, 1_000];
 
-impl Keys {
-    fn describe(self) -> String {
-        match self {
-            Keys::Distinct => "distinct keys".into(),
-            Keys::Hot(n) => format!("{n} hot keys"),
-            Keys::None => "no keys".into(),
-        }
-    }
-}
-
-fn records(topic: &str, count: usize, keys: Keys) -> Vec<OutboxRecord> {
+/// `count` records over `keys` keys, interleaved as a relay claims them.
+fn records(topic: &str, count: usize, keys: usize) -> Vec<OutboxRecord> {
     (0..count)
         .map(|i| {
-            let account = match keys {
-                Keys::Distinct | Keys::None => format!("account-{i}"),
-                Keys::Hot(n) => format!("account-{}", i % n),
-            };
             let event = Transfer {
-                account,
+                account: format!("account-{}", i % keys),
                 amount_cents: i as i64,
                 memo: "monthly rent, paid on time".into(),
             };
             let mut new = NewRecord::from_event(&event).expect("serializes");
             new.topic = topic.to_owned();
-            if matches!(keys, Keys::None) {
-                new.key = None;
-            }
             OutboxRecord::from_new(i as i64 + 1, new)
         })
         .collect()
@@ -202,7 +193,11 @@ async fn bench(args: Args) -> Result<(), String> {
         None => Cluster::Mock(MockCluster::new(3).map_err(|e| format!("mock cluster: {e}"))?),
     };
     let bootstrap = match (&cluster, &args.brokers) {
-        (Cluster::Mock(mock), _) => mock.bootstrap_servers(),
+        (Cluster::Mock(mock), _) => {
+            mock.broker_round_trip_time(-1, args.rtt)
+                .map_err(|e| format!("mock round trip time: {e}"))?;
+            mock.bootstrap_servers()
+        }
         (_, Some(brokers)) => brokers.clone(),
         (Cluster::Real(_), None) => unreachable!("a real cluster has brokers"),
     };
@@ -211,47 +206,60 @@ async fn bench(args: Args) -> Result<(), String> {
     for (key, value) in &args.set {
         config.set(key, value);
     }
-    let sink = KafkaSink::new(config).map_err(|e| e.to_string())?;
 
-    let settings: Vec<String> = [
-        "enable.idempotence",
-        "acks",
-        "compression.type",
-        "linger.ms",
-    ]
-    .iter()
-    .filter_map(|key| Some(format!("{key}={}", sink.client_config().get(key)?)))
-    .collect();
     println!(
-        "publish_bench: {} records, batches of {}, {} partitions, {} ({})",
+        "publish_bench: {} records, batches of {}, {} partitions, {}",
         args.records,
         args.batch,
         args.partitions,
-        match args.brokers {
-            Some(ref b) => format!("brokers {b}"),
-            None => "mock cluster of 3 brokers".into(),
+        match &args.brokers {
+            Some(brokers) => format!("brokers {brokers}"),
+            None => format!(
+                "mock cluster of 3 brokers answering after {} ms",
+                args.rtt.as_millis()
+            ),
         },
-        settings.join(", ")
     );
     let run_id = std::process::id();
-    for (n, keys) in [Keys::Distinct, Keys::Hot(10), Keys::None]
-        .into_iter()
-        .enumerate()
-    {
-        let topic = format!("outbox-bench-{run_id}-{n}");
-        cluster.create_topic(&topic, args.partitions).await?;
-        let records = records(&topic, args.records, keys);
-        let result = run(&sink, records, args.batch).await?;
-        let secs = result.elapsed.as_secs_f64();
-        println!(
-            "  {:<14} {:>9.0} records/s  ({} records in {:.2} s, {} publish calls, {} republished)",
-            keys.describe(),
-            args.records as f64 / secs,
-            args.records,
-            secs,
-            result.calls,
-            result.republished,
-        );
+    for (mode, gapless) in [
+        ("pipelined", "true"),
+        ("one record at a time per key", "false"),
+    ] {
+        let mut config = config.clone();
+        config.set("enable.gapless.guarantee", gapless);
+        let sink = KafkaSink::new(config).map_err(|e| e.to_string())?;
+        let settings: Vec<String> = [
+            "enable.idempotence",
+            "enable.gapless.guarantee",
+            "acks",
+            "compression.type",
+            "linger.ms",
+        ]
+        .iter()
+        .filter_map(|key| Some(format!("{key}={}", sink.client_config().get(key)?)))
+        .collect();
+        println!("  {mode} ({})", settings.join(", "));
+        if (mode == "pipelined") != sink.is_pipelined() {
+            return Err(format!("the sink is not {mode} with these settings"));
+        }
+        for keys in KEY_COUNTS {
+            let topic = format!("outbox-bench-{run_id}-{gapless}-{keys}");
+            cluster.create_topic(&topic, args.partitions).await?;
+            let records = records(&topic, args.records, keys);
+            let result = run(&sink, records, args.batch).await?;
+            let secs = result.elapsed.as_secs_f64();
+            println!(
+                "    {:<10} {:>9.0} records/s  ({} records in {:.2} s, {} publish calls, {} \
+                 republished, {} order gaps)",
+                format!("{keys} keys"),
+                args.records as f64 / secs,
+                args.records,
+                secs,
+                result.calls,
+                result.republished,
+                sink.order_gaps(),
+            );
+        }
     }
     Ok(())
 }

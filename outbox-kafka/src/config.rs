@@ -16,16 +16,29 @@ const DEFAULTS: &[(&[&str], &str)] = &[
     (&["acks", "request.required.acks"], "all"),
     // Built into the bundled librdkafka, cheap on CPU.
     (&["compression.type", "compression.codec"], "lz4"),
-    // The sink hands a whole batch (or a whole step of its per-key chains)
-    // to the producer at once and then waits for every report, so there is
-    // nothing for lingering to gather: each millisecond of it is added to
-    // every batch and to every step of a key's chain. Records queued while
-    // a request is being built still share it.
+    // The sink hands a whole batch (or, when it sends a key's records one
+    // at a time, a whole step of them) to the producer at once and then
+    // waits for the reports, so there is nothing for lingering to gather:
+    // each millisecond of it is added to every batch and every step.
+    // Records queued while a request is being built still share it.
     (&["linger.ms", "queue.buffering.max.ms"], "0"),
     // Below the relay's default lease of 30 s, so a publish ends before the
     // lease does and no other relay takes the records over meanwhile.
     (&["message.timeout.ms", "delivery.timeout.ms"], "20000"),
 ];
+
+/// The names of `enable.idempotence`.
+const IDEMPOTENCE: &[&str] = &["enable.idempotence"];
+
+/// The names of `enable.gapless.guarantee`.
+const GAPLESS: &[&str] = &["enable.gapless.guarantee"];
+
+/// The names of `retries`.
+const RETRIES: &[&str] = &["retries", "message.send.max.retries"];
+
+/// librdkafka's default `retries` with idempotence: retry until
+/// `message.timeout.ms`.
+const UNLIMITED_RETRIES: &str = "2147483647";
 
 /// The names of `message.timeout.ms`.
 const MESSAGE_TIMEOUT: &[&str] = &["message.timeout.ms", "delivery.timeout.ms"];
@@ -35,6 +48,13 @@ const BOOTSTRAP: &[&str] = &["bootstrap.servers", "metadata.broker.list"];
 
 /// Adds the sink's defaults for the properties `config` leaves unset and
 /// returns them as `property=value`.
+///
+/// With idempotence on, `enable.gapless.guarantee=true` is one of them:
+/// librdkafka then stops the producer (a fatal error) rather than write a
+/// partition's later records after an earlier one failed for good, which
+/// lets the sink hand a key's records over together (see
+/// [`keeps_partitions_gapless`]). librdkafka refuses the property without
+/// idempotence, so it is not added then.
 pub(crate) fn apply_defaults(config: &mut ClientConfig) -> Vec<String> {
     let mut applied = Vec::new();
     for (names, value) in DEFAULTS {
@@ -43,7 +63,50 @@ pub(crate) fn apply_defaults(config: &mut ClientConfig) -> Vec<String> {
             applied.push(format!("{}={value}", names[0]));
         }
     }
+    if flag(config, IDEMPOTENCE) == Some(true) && GAPLESS.iter().all(|n| config.get(n).is_none()) {
+        config.set(GAPLESS[0], "true");
+        applied.push(format!("{}=true", GAPLESS[0]));
+    }
     applied
+}
+
+/// Whether a producer made with `config` writes each partition's records
+/// in the order they were produced, and never a record after an earlier
+/// one of its partition failed, except by `message.timeout.ms`:
+/// `enable.idempotence=true`, `enable.gapless.guarantee=true`, and
+/// `retries` left at librdkafka's default (unlimited until the timeout; a
+/// record that runs out of retries leaves a gap the guarantee does not
+/// cover).
+///
+/// librdkafka only validates the configuration when the producer is made,
+/// so a value it would refuse counts as not keeping the guarantee here.
+pub(crate) fn keeps_partitions_gapless(config: &ClientConfig) -> bool {
+    let retries_unlimited = RETRIES
+        .iter()
+        .filter_map(|name| config.get(name))
+        .all(|value| value.trim() == UNLIMITED_RETRIES);
+    flag(config, IDEMPOTENCE) == Some(true)
+        && flag(config, GAPLESS) == Some(true)
+        && retries_unlimited
+}
+
+/// A boolean property as librdkafka reads it (`true`, `t`, `1`, `false`,
+/// `f`, `0`, any case); `None` when unset or unreadable.
+fn flag(config: &ClientConfig, names: &[&str]) -> Option<bool> {
+    let value = names.iter().find_map(|name| config.get(name))?.trim();
+    if ["true", "t", "1"]
+        .iter()
+        .any(|t| value.eq_ignore_ascii_case(t))
+    {
+        Some(true)
+    } else if ["false", "f", "0"]
+        .iter()
+        .any(|f| value.eq_ignore_ascii_case(f))
+    {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// The value of the first of `names` that is set, failing when two of them
@@ -216,7 +279,8 @@ mod tests {
             [
                 "enable.idempotence=true",
                 "linger.ms=0",
-                "message.timeout.ms=20000"
+                "message.timeout.ms=20000",
+                "enable.gapless.guarantee=true"
             ]
         );
         assert_eq!(c.get("acks"), Some("1"));
@@ -235,6 +299,54 @@ mod tests {
         assert_eq!(c.get("message.timeout.ms"), None);
         assert_eq!(c.get("linger.ms"), None);
         assert_eq!(message_timeout(&c).unwrap(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_gapless_guarantee_follows_idempotence() {
+        let mut on = config(&[]);
+        apply_defaults(&mut on);
+        assert_eq!(on.get("enable.gapless.guarantee"), Some("true"));
+        assert!(keeps_partitions_gapless(&on));
+
+        // librdkafka refuses the property without idempotence.
+        let mut off = config(&[("enable.idempotence", "false")]);
+        let applied = apply_defaults(&mut off);
+        assert!(
+            !applied.iter().any(|a| a.contains("gapless")),
+            "{applied:?}"
+        );
+        assert_eq!(off.get("enable.gapless.guarantee"), None);
+        assert!(!keeps_partitions_gapless(&off));
+
+        let mut declined = config(&[("enable.gapless.guarantee", "false")]);
+        apply_defaults(&mut declined);
+        assert_eq!(declined.get("enable.gapless.guarantee"), Some("false"));
+        assert!(!keeps_partitions_gapless(&declined));
+
+        let mut explicit = config(&[
+            ("enable.idempotence", "T"),
+            ("enable.gapless.guarantee", "1"),
+        ]);
+        apply_defaults(&mut explicit);
+        assert!(keeps_partitions_gapless(&explicit));
+    }
+
+    #[test]
+    fn limited_retries_or_a_bare_configuration_give_no_guarantee() {
+        for retries in ["retries", "message.send.max.retries"] {
+            let mut limited = config(&[(retries, "5")]);
+            apply_defaults(&mut limited);
+            assert!(!keeps_partitions_gapless(&limited), "{retries}");
+            let mut unlimited = config(&[(retries, "2147483647")]);
+            apply_defaults(&mut unlimited);
+            assert!(keeps_partitions_gapless(&unlimited), "{retries}");
+        }
+        // A producer made without the defaults (`KafkaSink::from_producer`).
+        assert!(!keeps_partitions_gapless(&config(&[])));
+        assert!(!keeps_partitions_gapless(&config(&[(
+            "enable.idempotence",
+            "true"
+        )])));
     }
 
     #[test]

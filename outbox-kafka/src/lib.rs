@@ -4,9 +4,13 @@
 //!
 //! - [`KafkaSink`]: publishes each batch the relay claims, keeping per-key
 //!   order, and reports an [`Outcome`](outbox_core::Outcome) per record
-//!   classified by rdkafka's error codes. Configured with your rdkafka
-//!   [`ClientConfig`](rdkafka::ClientConfig) and [`KafkaSinkBuilder`]
-//!   (topic prefix, routing, unknown topics).
+//!   classified by rdkafka's error codes. With its default configuration
+//!   (an idempotent producer with `enable.gapless.guarantee`) it hands all
+//!   the records of a key to the producer together, which keeps their
+//!   order; otherwise it sends a key's records one at a time, each once
+//!   the previous one is acknowledged. Its docs say what each way risks.
+//!   Configured with your rdkafka [`ClientConfig`](rdkafka::ClientConfig)
+//!   and [`KafkaSinkBuilder`] (topic prefix, routing, unknown topics).
 //! - [`decode_message`] and [`decode_message_as`]: turn a consumed message
 //!   back into its event and event id ([`DecodedEvent`]), so a consumer can
 //!   drop duplicates.

@@ -1,5 +1,6 @@
-//! The Kafka sink passes the sink conformance suite: against librdkafka's
-//! mock cluster, or the brokers of `KAFKA_BROKERS`.
+//! The Kafka sink passes the sink conformance suite, pipelined and one
+//! record at a time per key: against librdkafka's mock cluster, or the
+//! brokers of `KAFKA_BROKERS`.
 
 mod common;
 
@@ -57,13 +58,52 @@ impl Destination for Topic {
     }
 }
 
-async fn kafka_sink() -> Option<(KafkaSink, Topic)> {
+/// A sink and a fresh topic; `extra` adds producer properties.
+async fn kafka_sink(extra: &[(&str, &str)]) -> (KafkaSink, Topic) {
     let kafka = TestKafka::start();
     let topic = kafka.topic(PARTITIONS).await;
     let mut config = kafka.config();
     config.set("message.max.bytes", MAX_BYTES.to_string());
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
     let sink = KafkaSink::new(config).expect("sink");
-    Some((sink, Topic { kafka, topic }))
+    (sink, Topic { kafka, topic })
 }
 
-outbox_core::sink_conformance_tests!(kafka_sink);
+/// The default: a key's records handed to the producer together.
+///
+/// The suite checks that outcomes are reported while a long run of one
+/// key is still being delivered. Pipelined, a key's 20 records travel in
+/// one produce request, so every report comes at once; one record per
+/// request and a round trip of 20 ms (on the mock cluster) keep them
+/// apart, as a large batch over a slow link would.
+mod pipelined {
+    use super::*;
+
+    async fn sink() -> Option<(KafkaSink, Topic)> {
+        let (sink, topic) = kafka_sink(&[("batch.num.messages", "1")]).await;
+        assert!(sink.is_pipelined());
+        if let Some(mock) = topic.kafka.mock() {
+            mock.broker_round_trip_time(-1, std::time::Duration::from_millis(20))
+                .expect("round trip time");
+        }
+        Some((sink, topic))
+    }
+
+    outbox_core::sink_conformance_tests!(sink);
+}
+
+/// A key's records one at a time, each once the previous one is
+/// acknowledged (`enable.gapless.guarantee=false`).
+mod one_at_a_time {
+    use super::*;
+
+    async fn sink() -> Option<(KafkaSink, Topic)> {
+        let (sink, topic) = kafka_sink(&[("enable.gapless.guarantee", "false")]).await;
+        assert!(!sink.is_pipelined());
+        Some((sink, topic))
+    }
+
+    outbox_core::sink_conformance_tests!(sink);
+}

@@ -23,7 +23,14 @@ async fn retriable_broker_errors_end_in_delivery_in_key_order() {
     let topic = kafka.topic(3).await;
     let records = interleaved_orders(&topic, 5, 8);
     let mut config = kafka.config();
-    config.set("message.timeout.ms", "5000");
+    // One produce request in flight per broker: the mock cluster does not
+    // check an idempotent producer's sequence numbers, so it would write a
+    // request sent behind one it refused, which a broker refuses
+    // (OUT_OF_ORDER_SEQUENCE_NUMBER), and librdkafka would then count the
+    // refused records as delivered.
+    config
+        .set("message.timeout.ms", "5000")
+        .set("max.in.flight.requests.per.connection", "1");
     let sink = KafkaSink::new(config).unwrap();
 
     use RDKafkaRespErr::*;
@@ -55,13 +62,17 @@ async fn a_broker_outage_mid_batch_loses_nothing_and_keeps_key_order() {
         return;
     };
     let topic = kafka.topic(3).await;
-    // 40 records per key: 40 round trips of at least 50 ms each.
+    // One record at a time per key (see `pipelined.rs` for the default):
+    // 40 records per key, 40 round trips of at least 50 ms each.
     let records = interleaved_orders(&topic, 4, 40);
     mock.broker_round_trip_time(-1, Duration::from_millis(50))
         .unwrap();
     let mut config = kafka.config();
-    config.set("message.timeout.ms", "3000");
+    config
+        .set("message.timeout.ms", "3000")
+        .set("enable.gapless.guarantee", "false");
     let sink = KafkaSink::new(config).unwrap();
+    assert!(!sink.is_pipelined());
 
     let in_flight = {
         let sink = sink.clone();
@@ -109,8 +120,12 @@ async fn a_key_chain_longer_than_the_message_timeout_is_delivered() {
     };
     let topic = kafka.topic(1).await;
     let mut config = kafka.config();
-    config.set("message.timeout.ms", "1500");
+    // One record at a time per key: each waits for the previous one.
+    config
+        .set("message.timeout.ms", "1500")
+        .set("enable.gapless.guarantee", "false");
     let sink = KafkaSink::new(config).unwrap();
+    assert!(!sink.is_pipelined());
     let order = |order_id, seq| OrderPlaced {
         order_id,
         seq,

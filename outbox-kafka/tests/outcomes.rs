@@ -177,35 +177,47 @@ async fn an_unknown_topic_can_be_made_permanent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_makes_every_record_retriable() {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", "127.0.0.1:1")
-        .set("message.timeout.ms", "1500");
-    let sink = KafkaSink::new(config).unwrap();
-    assert_eq!(sink.publish_timeout(), Duration::from_millis(1500));
-    let records: Vec<_> = (0..6)
-        .map(|i| record(i + 1, "orders", &order(i as u64 % 2, i as u32, "")))
-        .collect();
-
-    let started = Instant::now();
-    let outcomes = sink.publish(&records).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
-
-    assert_eq!(outcomes.len(), records.len());
-    for outcome in &outcomes {
-        assert!(matches!(outcome, Outcome::Retriable(_)), "{outcome}");
-        assert!(error_of(outcome).is_retriable());
-    }
-    // The first record of each key timed out; the rest waited behind it.
-    for (outcome, record) in outcomes.iter().zip(&records).skip(2) {
-        match error_of(outcome) {
-            Error::HeldBack { key, .. } => assert_eq!(Some(key), record.key.as_ref()),
-            other => panic!("record {}: {other}", record.id),
+    for pipelined in [true, false] {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "1500");
+        if !pipelined {
+            config.set("enable.gapless.guarantee", "false");
         }
+        let sink = KafkaSink::new(config).unwrap();
+        assert_eq!(sink.is_pipelined(), pipelined);
+        assert_eq!(sink.publish_timeout(), Duration::from_millis(1500));
+        let records: Vec<_> = (0..6)
+            .map(|i| record(i + 1, "orders", &order(i as u64 % 2, i as u32, "")))
+            .collect();
+
+        let started = Instant::now();
+        let outcomes = sink.publish(&records).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+
+        assert_eq!(outcomes.len(), records.len());
+        for outcome in &outcomes {
+            assert!(matches!(outcome, Outcome::Retriable(_)), "{outcome}");
+            assert!(error_of(outcome).is_retriable());
+        }
+        // Pipelined, every record was in the producer and failed on its
+        // own; one at a time, the first record of each key timed out and
+        // the rest waited behind it.
+        for (outcome, record) in outcomes.iter().zip(&records).skip(2) {
+            match error_of(outcome) {
+                Error::HeldBack { key, .. } if !pipelined => {
+                    assert_eq!(Some(key), record.key.as_ref());
+                }
+                Error::Delivery { .. } if pipelined => {}
+                other => panic!("record {} (pipelined: {pipelined}): {other}", record.id),
+            }
+        }
+        assert_eq!(sink.order_gaps(), 0);
     }
 }
 

@@ -2,8 +2,11 @@
 
 mod builder;
 mod context;
+mod pipeline;
 mod publish;
+mod purge;
 mod routing;
+mod settle;
 
 /// A record for unit tests: `{}` of type `E` on `topic`.
 #[cfg(test)]
@@ -26,12 +29,13 @@ fn test_record(id: i64, topic: &str, key: Option<&str>) -> outbox_core::OutboxRe
 }
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::sink::collect_outcomes;
-use outbox_core::{HeldBack, OutboxRecord, Outcome, Sink};
+use outbox_core::{OutboxRecord, Outcome, Sink};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -40,12 +44,14 @@ pub use builder::KafkaSinkBuilder;
 pub use context::TracingContext;
 
 use self::publish::{Limits, RecordResult, publish_batch};
+use self::purge::PurgeGate;
 use self::routing::Routing;
+use self::settle::{held_back_as_ours, outcome, unless_fatal};
 use crate::Error;
-use crate::config::{apply_defaults, check_bootstrap, message_timeout};
+use crate::config::{apply_defaults, check_bootstrap, keeps_partitions_gapless, message_timeout};
 
 /// A [`Sink`] that publishes outbox records to Kafka through an rdkafka
-/// [`FutureProducer`](rdkafka::producer::FutureProducer).
+/// [`FutureProducer`].
 ///
 /// # Configuration
 ///
@@ -56,9 +62,10 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 /// | property | default | why |
 /// |---|---|---|
 /// | `enable.idempotence` | `true` | no duplicates and no reordering under librdkafka's own retries |
+/// | `enable.gapless.guarantee` | `true`, with idempotence | librdkafka stops the producer rather than write a record after an earlier one of its partition failed for good, so a key's records can be handed over together (see *Per-key order*) |
 /// | `acks` | `all` | delivered means on every in-sync replica |
 /// | `compression.type` | `lz4` | built into the bundled librdkafka, light on CPU |
-/// | `linger.ms` | `0` | the batch is handed over at once, so lingering would only delay it (and every step of a key's chain) |
+/// | `linger.ms` | `0` | the batch is handed over at once, so lingering would only delay it |
 /// | `message.timeout.ms` | `20000` | below the relay's default lease of 30 s |
 ///
 /// Settings that contradict idempotence (say `acks=1`) make
@@ -75,12 +82,16 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 /// few seconds longer at most, then reports the record retriable
 /// ([`Error::DeliveryTimeout`]). A record that waits for room in the
 /// producer's queue (`queue.buffering.max.messages`) waits at most
-/// `message.timeout.ms` too. No record is cut off before its own time is
-/// up, so a slow record (say, to a topic that does not exist) delays only
-/// its own key, and a key with many records in a batch may take longer than
-/// `message.timeout.ms` in total (see *Per-key order*). Keep it below the
-/// relay's lease, so that no other relay takes over a record while it is
-/// being published. Zero (wait forever) is refused.
+/// `message.timeout.ms` too. A slow record (say, to a topic that does not
+/// exist) delays only its own key. When a key's records go one at a time,
+/// no record is cut off before its own time is up, and a key with many
+/// records in a batch may take longer than `message.timeout.ms` in total;
+/// pipelined, a batch whose records near their time while a key has
+/// several of them in the producer purges the producer's queue 250 ms
+/// early, which fails every record still queued, younger ones included
+/// (see *Per-key order*). Keep `message.timeout.ms` below the relay's
+/// lease, so that no other relay takes over a record while it is being
+/// published. Zero (wait forever) is refused.
 ///
 /// # Routing and message layout
 ///
@@ -98,23 +109,87 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 ///
 /// # Per-key order
 ///
-/// The sink is built on [`outbox_core::publish_by_key`], which keeps these
-/// rules for every sink. For each key, the records of a batch are sent one
-/// after the other: the next record of a key is handed to the producer only
-/// once the previous one's delivery report says it is written. The first record of every key,
-/// and every keyless record, are handed over at once, and the keys advance
-/// independently as their reports come back. When a record fails, the rest
-/// of its key is not sent and is reported retriable
-/// ([`Error::HeldBack`]), which the relay releases without counting an
-/// attempt; other keys go on.
+/// For each key, the sink publishes the records of a batch in batch order
+/// and never lets a later record overtake an earlier one that failed, in
+/// one of two ways ([`is_pipelined`](KafkaSink::is_pipelined) says which).
 ///
-/// librdkafka's idempotent producer alone keeps a partition's order under
-/// its internal retries, but leaves gaps when a record times out or fails
-/// for good while the records after it are written; waiting for each report
-/// closes that gap. The cost: a key with many records in one batch is
-/// published one round trip per record, so a batch of a few hot keys is
-/// slower than a batch of many distinct keys (see the `publish_bench`
-/// example).
+/// **Pipelined**, when the configuration sets `enable.idempotence=true` and
+/// `enable.gapless.guarantee=true` (both defaults above) and leaves
+/// `retries` unlimited (librdkafka's default): every record of the batch is
+/// handed to the producer at once, in batch order, and the sink collects
+/// the delivery reports. librdkafka's idempotent producer writes a
+/// partition's records in the order they were handed over, through its
+/// own retries, and with the gapless guarantee it fails fatally rather
+/// than write a record after an earlier one of its partition failed for
+/// good. A key's records share requests instead of waiting a round trip
+/// each, so a batch of a few hot keys is about as fast as a batch of many
+/// keys (see the `publish_bench` example). The sink adds these rules:
+///
+/// - A record refused before it reaches the producer (an invalid topic
+///   name, larger than `message.max.bytes`, a queue that stays full for
+///   `message.timeout.ms`) stops its key: the rest of the key is not handed
+///   over and is reported retriable ([`Error::HeldBack`]).
+/// - A key whose records go to several topics (through a
+///   [`route`](KafkaSinkBuilder::route)) spans several partitions, which
+///   librdkafka does not order among themselves: its records for one topic
+///   are handed over together, and those for the next topic once they are
+///   all delivered.
+/// - A key's deliveries are reported in batch order.
+/// - A record the broker refuses for good (not authorized, too large for
+///   the topic) is reported permanent with the broker's error; librdkafka
+///   then stops the producer, the batch's undelivered records fail
+///   retriably ([`Error::ProducerFatal`]) and the sink makes a new producer,
+///   as for any fatal error (see *Outcomes*). One refused record thus costs
+///   a new producer and a retry of what was in flight.
+///
+/// What remains is `message.timeout.ms`, which librdkafka's guarantee does
+/// not cover. librdkafka looks for expired records once a second and fails
+/// those whose time is up, oldest first; two records of a key handed over
+/// a moment apart can fall on either side of that moment, and once no
+/// request is in flight librdkafka bumps the producer epoch (locally, at
+/// once) and sends the later record, which is written before the earlier
+/// one is retried. So the sink purges the producer's queue itself shortly
+/// before that: when a record of a batch has been in the producer for
+/// `message.timeout.ms` less 250 ms and a key of the batch has several
+/// records in it. A purge fails every queued record at once, those of
+/// other keys and batches too (retriably: the relay retries them), and the
+/// records it leaves, those in flight, come before the ones it fails.
+/// Should a record fail first all the same while later records of its key
+/// are in the producer (the sink's timer ran late; a request timed out in
+/// flight and librdkafka queued its records again), the sink purges at
+/// once, which catches the later records unless librdkafka has sent them
+/// already. No batch of the sink hands over the rest of a key some of
+/// whose records a purge may have caught. A record written after an
+/// earlier record of its key failed is logged as an error and counted
+/// ([`order_gaps`](KafkaSink::order_gaps), the metric
+/// `outbox_kafka_order_gaps_total`); the relay marks it published and
+/// retries the earlier one, which lands after it. A purge can also catch a
+/// produce request librdkafka has already built, which it counts as a
+/// permanent failure: under the gapless guarantee a fatal error, handled as
+/// above. Where even this risk is too much, set
+/// `enable.gapless.guarantee=false`.
+///
+/// **One record at a time** otherwise (idempotence off,
+/// `enable.gapless.guarantee=false`, limited `retries`, or a producer from
+/// [`from_producer`](KafkaSink::from_producer) made without these
+/// settings): the sink is built on [`outbox_core::publish_by_key`], which
+/// keeps these rules for every sink. For each key, the records of a batch
+/// are sent one after the other: the next record of a key is handed to the
+/// producer only once the previous one's delivery report says it is
+/// written. The first record of every key, and every keyless record, are
+/// handed over at once, and the keys advance independently as their
+/// reports come back. When a record fails, the rest of its key is not sent
+/// and is reported retriable ([`Error::HeldBack`]), which the relay
+/// releases without counting an attempt; other keys go on. Nothing of a
+/// key is in the producer behind a record that may fail, so no timeout,
+/// retry or epoch bump can reorder it; the cost is a round trip per record
+/// of a key, so a batch of a few hot keys is much slower than a batch of
+/// many distinct keys.
+///
+/// Pipelined, a record that fails after later records of its key were
+/// handed over reports its own error, and those later records report
+/// theirs (a timeout, a purge, a fatal producer); the relay releases them
+/// without counting an attempt, as it does held-back records.
 ///
 /// # Outcomes
 ///
@@ -132,10 +207,12 @@ use crate::config::{apply_defaults, check_bootstrap, message_timeout};
 /// error inside is this crate's [`Error`]; downcast it to inspect it.
 ///
 /// When the producer hits a fatal error (librdkafka cannot keep its
-/// idempotence guarantees any more), the sink reports the batch's records
-/// that fail from then on retriable ([`Error::ProducerFatal`]) and, once
-/// the batch is settled, replaces the producer with a new one built from
-/// the same configuration.
+/// idempotence or gapless guarantees any more), the sink reports the
+/// batch's records that fail from then on retriable
+/// ([`Error::ProducerFatal`]), except a record whose own failure is
+/// permanent (the one the broker refused, which caused the error), and,
+/// once the batch is settled, replaces the producer with a new one built
+/// from the same configuration.
 ///
 /// Clones share the producer.
 pub struct KafkaSink<C: ClientContext + 'static = TracingContext> {
@@ -160,6 +237,13 @@ struct Inner<C: ClientContext + 'static> {
     defaults_applied: Vec<String>,
     routing: Routing,
     limits: Limits,
+    /// Whether a key's records are handed to the producer together (the
+    /// configuration keeps partitions gapless), or one at a time.
+    pipelined: bool,
+    /// Orders the purges of pipelined batches against their hand-overs.
+    purges: PurgeGate,
+    /// Records delivered after an earlier record of their key failed.
+    order_gaps: AtomicU64,
     /// Replaced after a fatal error.
     producer: RwLock<Arc<FutureProducer<C>>>,
     /// The context of a replacement; `None` for a producer the
@@ -206,10 +290,15 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
     /// own default is 5 minutes), but it cannot add its defaults to a
     /// producer that exists, so it logs a warning for each default the
     /// configuration lacks (`enable.idempotence=true`, `acks=all`: without
-    /// them a broker failure can lose or duplicate records). After a fatal
-    /// producer error the sink cannot make a new producer: every record
-    /// fails retriably, saying so, until the application restarts the
-    /// relay with a new one. [`KafkaSink::builder`] with
+    /// them a broker failure can lose or duplicate records). The sink is
+    /// [pipelined](KafkaSink::is_pipelined) only if the configuration sets
+    /// `enable.idempotence=true` and `enable.gapless.guarantee=true` itself;
+    /// then a record timing out can make the sink purge the producer's
+    /// queue (see *Per-key order*), which fails the messages the
+    /// application queued on a shared producer too. After a fatal producer
+    /// error the sink cannot make a new producer: every record fails
+    /// retriably, saying so, until the application restarts the relay with
+    /// a new one. [`KafkaSink::builder`] with
     /// [`context`](KafkaSinkBuilder::context) has neither limit.
     ///
     /// # Errors
@@ -235,6 +324,25 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
         self.inner.limits.timeout
     }
 
+    /// Whether the sink hands all the records of a key in a batch to the
+    /// producer together (pipelined), rather than one at a time, each once
+    /// the previous one is acknowledged: true when the configuration sets
+    /// `enable.idempotence=true` and `enable.gapless.guarantee=true` (the
+    /// defaults) and leaves `retries` unlimited. See *Per-key order* above.
+    pub fn is_pipelined(&self) -> bool {
+        self.inner.pipelined
+    }
+
+    /// How many records Kafka wrote after an earlier record of their key
+    /// failed in the same batch, since the sink was made: each is a place
+    /// where the key's order in the topic may be broken (see *Per-key
+    /// order* above), also logged as an error and counted in the metric
+    /// `outbox_kafka_order_gaps_total`. Always 0 when not
+    /// [pipelined](KafkaSink::is_pipelined).
+    pub fn order_gaps(&self) -> u64 {
+        self.inner.order_gaps.load(Ordering::Relaxed)
+    }
+
     /// The producer the sink publishes with now (a new one after a fatal
     /// error).
     pub fn producer(&self) -> Arc<FutureProducer<C>> {
@@ -251,6 +359,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
         let defaults_applied = apply_defaults(&mut config);
         let timeout = message_timeout(&config)?;
         let producer = create_producer(&config, &defaults_applied, context())?;
+        let pipelined = keeps_partitions_gapless(&config);
         Ok(Self::assemble(
             config,
             defaults_applied,
@@ -259,6 +368,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
                 timeout,
                 unknown_topic_is_permanent,
             },
+            pipelined,
             producer,
             Some(context),
         ))
@@ -282,6 +392,16 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
                 );
             }
         }
+        // The producer runs with `config` as given, without the defaults.
+        let pipelined = keeps_partitions_gapless(&config);
+        if !pipelined {
+            tracing::info!(
+                "the producer given to the Kafka sink is not configured with \
+                 enable.idempotence=true, enable.gapless.guarantee=true and unlimited retries: \
+                 the sink sends a key's records one at a time, each once the previous one is \
+                 acknowledged"
+            );
+        }
         Ok(Self::assemble(
             config,
             Vec::new(),
@@ -290,6 +410,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
                 timeout,
                 unknown_topic_is_permanent,
             },
+            pipelined,
             producer,
             None,
         ))
@@ -300,6 +421,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
         defaults_applied: Vec<String>,
         routing: Routing,
         limits: Limits,
+        pipelined: bool,
         producer: FutureProducer<C>,
         context: Option<ContextFactory<C>>,
     ) -> Self {
@@ -309,6 +431,9 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
                 defaults_applied,
                 routing,
                 limits,
+                pipelined,
+                purges: PurgeGate::default(),
+                order_gaps: AtomicU64::new(0),
                 producer: RwLock::new(Arc::new(producer)),
                 context,
             }),
@@ -376,14 +501,6 @@ fn dispose<C: ClientContext + 'static>(producer: Arc<FutureProducer<C>>) {
     }
 }
 
-fn outcome(result: RecordResult) -> Outcome {
-    match result {
-        Ok(()) => Outcome::Delivered,
-        Err(error) if error.is_retriable() => Outcome::Retriable(Box::new(error)),
-        Err(error) => Outcome::Permanent(Box::new(error)),
-    }
-}
-
 #[async_trait]
 impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
@@ -420,15 +537,20 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
             outcome(unless_fatal(&producer, record, result))
         };
         let report = |index: usize, outcome: Outcome| report(index, held_back_as_ours(outcome));
-        publish_batch(
+        let gaps = publish_batch(
             &producer,
             records,
             &inner.routing,
             inner.limits,
+            inner.pipelined.then_some(&inner.purges),
             settle,
             report,
         )
         .await;
+        if gaps > 0 {
+            inner.order_gaps.fetch_add(gaps, Ordering::Relaxed);
+            metrics::counter!("outbox_kafka_order_gaps_total").increment(gaps);
+        }
 
         if let Some((code, reason)) = producer.client().fatal_error() {
             tracing::warn!(
@@ -450,51 +572,13 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
     }
 }
 
-/// A record held back behind a failed one of its key, reported with this
-/// crate's [`Error::HeldBack`] (as consumers of the outcome downcast it).
-fn held_back_as_ours(outcome: Outcome) -> Outcome {
-    match outcome {
-        Outcome::Retriable(error) => match error.downcast::<HeldBack>() {
-            Ok(held) => Outcome::Retriable(Box::new(Error::HeldBack {
-                event_id: held.event_id,
-                behind: held.behind_event_id,
-                key: held.key,
-            })),
-            Err(error) => Outcome::Retriable(error),
-        },
-        outcome => outcome,
-    }
-}
-
-/// A Kafka failure of `record` once `producer` has failed fatally is the
-/// producer's failure, not the record's: [`Error::ProducerFatal`], retried
-/// with the next producer.
-fn unless_fatal<C: ClientContext + 'static>(
-    producer: &FutureProducer<C>,
-    record: &OutboxRecord,
-    result: RecordResult,
-) -> RecordResult {
-    match result {
-        Err(Error::Delivery { .. } | Error::DeliveryTimeout { .. }) => {
-            match producer.client().fatal_error() {
-                Some((code, reason)) => Err(Error::ProducerFatal {
-                    event_id: record.event_id,
-                    code,
-                    reason,
-                }),
-                None => result,
-            }
-        }
-        result => result,
-    }
-}
-
 impl<C: ClientContext + 'static> fmt::Debug for KafkaSink<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSink")
             .field("config", &self.inner.config)
             .field("routing", &self.inner.routing)
             .field("publish_timeout", &self.inner.limits.timeout)
+            .field("pipelined", &self.inner.pipelined)
             .field(
                 "unknown_topic_is_permanent",
                 &self.inner.limits.unknown_topic_is_permanent,

@@ -76,6 +76,11 @@ impl TestKafka {
         &self.bootstrap
     }
 
+    /// The mock cluster, if the tests run against one.
+    pub(crate) fn mock(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        self.mock.as_ref()
+    }
+
     /// The mock cluster's fault injection; `None` (with a note printed)
     /// against a real broker, where the calling test should return.
     pub(crate) fn faults(
