@@ -79,14 +79,25 @@ pub(crate) fn refresh(backend: DbBackend, keys: &[String]) -> Statement {
         DbBackend::MySql => " FORCE INDEX (idx_outbox_key_pending)",
         _ => "",
     };
+    // PostgreSQL: the key as a range and the order as the pending index's,
+    // as in the claim (`key_records`), so a stale estimate of how many
+    // records are pending never makes it walk the primary key.
+    let (same_key, order) = match backend {
+        DbBackend::Postgres => (
+            "o.partition_key >= outbox_keys.partition_key \
+             AND o.partition_key <= outbox_keys.partition_key",
+            "o.partition_key, o.id",
+        ),
+        _ => ("o.partition_key = outbox_keys.partition_key", "o.id"),
+    };
     render(
         backend,
         &format!(
             "UPDATE outbox_keys SET next_at = (
   SELECT CASE WHEN o.locked_until > o.available_at THEN o.locked_until ELSE o.available_at END
   FROM outbox o{hint}
-  WHERE o.partition_key = outbox_keys.partition_key AND o.status = 'pending'
-  ORDER BY o.id LIMIT 1)
+  WHERE {same_key} AND o.status = 'pending'
+  ORDER BY {order} LIMIT 1)
 WHERE partition_key IN (:keys) AND held_by IS NULL"
         ),
         &[("keys", Param::list(keys.iter().cloned()))],

@@ -251,3 +251,42 @@ async fn sqlite_reads_only_what_it_claims() {
     }
     claims_take_the_healthy_records(&db).await;
 }
+
+/// A drain over few keys, with statistics taken while every record was
+/// pending (autovacuum behind): the statements that read a key's first
+/// pending records still go through the pending index, never walking the
+/// primary key over the published records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_first_records_by_the_pending_index_with_stale_statistics() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    db.exec("ALTER TABLE outbox SET (autovacuum_enabled = false)")
+        .await;
+    let store = db.store();
+    let records: Vec<NewRecord> = (0..20_000)
+        .map(|n| record(Some(&format!("k{}", n % 10)), n as u32))
+        .collect();
+    for chunk in records.chunks(10_000) {
+        store.enqueue(chunk).await.unwrap();
+    }
+    db.exec("ANALYZE outbox").await;
+    db.exec(
+        "UPDATE outbox SET status = 'published', published_at = now() WHERE id <= \
+         (SELECT MIN(id) + 18000 FROM outbox)",
+    )
+    .await;
+    for (name, rows) in explain(&db, "EXPLAIN").await {
+        if name != "claim: first records of keys" && name != "refresh keys" {
+            continue;
+        }
+        let plan: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0).unwrap())
+            .collect();
+        let plan = plan.join("\n");
+        eprintln!("PostgreSQL, {name}:\n{plan}\n");
+        assert!(plan.contains("idx_outbox_key_pending"), "{name}:\n{plan}");
+        assert!(!plan.contains("outbox_pkey"), "{name}:\n{plan}");
+    }
+}
