@@ -905,14 +905,19 @@ async fn drain_with_overlap(batches_in_flight: usize) -> (OverlapSink, InMemoryS
 #[tokio::test]
 async fn batches_overlap_up_to_the_limit_and_never_share_a_key() {
     let (sink, store) = drain_with_overlap(3).await;
-    let state = sink.state.lock().unwrap();
-    assert_eq!(state.most_at_once, 3, "the relay kept three batches in flight");
-    assert!(
-        state.shared_keys.is_empty(),
-        "batches in flight shared keys {:?}",
-        state.shared_keys
-    );
-    for (key, steps) in steps_by_key_of(&sink.inner) {
+    {
+        let state = sink.state.lock().unwrap();
+        assert_eq!(
+            state.most_at_once, 3,
+            "the relay kept three batches in flight"
+        );
+        assert!(
+            state.shared_keys.is_empty(),
+            "batches in flight shared keys {:?}",
+            state.shared_keys
+        );
+    }
+    for (key, steps) in steps_by_key(&sink.inner) {
         let mut sorted = steps.clone();
         sorted.sort_unstable();
         assert_eq!(steps, sorted, "key {key} out of order");
@@ -928,14 +933,13 @@ async fn batches_overlap_up_to_the_limit_and_never_share_a_key() {
     );
 }
 
-fn steps_by_key_of(sink: &InMemorySink) -> HashMap<String, Vec<u32>> {
-    steps_by_key(sink)
-}
-
 /// Runs `relay` until `stop` is set, on the test's (paused) runtime.
 fn spawn_relay(
     relay: Relay<InMemoryStore, InMemorySink>,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move {
         relay.run(async { stopped.await.unwrap_or(()) }).await;

@@ -204,9 +204,7 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
         if self.batches_in_flight == 0 {
-            return Err(Error::Config(
-                "batches in flight must be at least 1".into(),
-            ));
+            return Err(Error::Config("batches in flight must be at least 1".into()));
         }
         if self.poll_interval.is_zero() {
             return Err(Error::Config(

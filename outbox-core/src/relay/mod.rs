@@ -484,8 +484,7 @@ struct Claimed {
 }
 
 /// A claim in progress and when it started.
-type ClaimFuture<'a> =
-    Pin<Box<dyn Future<Output = (Result<Claimed, Error>, Instant)> + Send + 'a>>;
+type ClaimFuture<'a> = Pin<Box<dyn Future<Output = (Result<Claimed, Error>, Instant)> + Send + 'a>>;
 
 fn report_of(settlement: &Settlement) -> RunReport {
     RunReport {
