@@ -129,6 +129,15 @@ async fn explain(db: &TestDb, prefix: &str) -> Vec<(&'static str, Vec<QueryResul
     plans
 }
 
+/// A PostgreSQL plan's lines, joined.
+fn plan_text(rows: &[QueryResult]) -> String {
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).unwrap())
+        .collect();
+    lines.join("\n")
+}
+
 fn is_claim(name: &str) -> bool {
     name.starts_with("claim")
 }
@@ -140,11 +149,7 @@ async fn postgres_reads_only_what_it_claims() {
     };
     blocked_backlog(&db).await;
     for (name, rows) in explain(&db, "EXPLAIN").await {
-        let plan: Vec<String> = rows
-            .iter()
-            .map(|row| row.try_get_by_index::<String>(0).unwrap())
-            .collect();
-        let plan = plan.join("\n");
+        let plan = plan_text(&rows);
         eprintln!("PostgreSQL, {name}:\n{plan}\n");
         if name == "stats" {
             // Counting pending records reads them all (a scan is right when
@@ -280,11 +285,7 @@ async fn postgres_reads_first_records_by_the_pending_index_with_stale_statistics
         if name != "claim: first records of keys" && name != "refresh keys" {
             continue;
         }
-        let plan: Vec<String> = rows
-            .iter()
-            .map(|row| row.try_get_by_index::<String>(0).unwrap())
-            .collect();
-        let plan = plan.join("\n");
+        let plan = plan_text(&rows);
         eprintln!("PostgreSQL, {name}:\n{plan}\n");
         assert!(plan.contains("idx_outbox_key_pending"), "{name}:\n{plan}");
         assert!(!plan.contains("outbox_pkey"), "{name}:\n{plan}");

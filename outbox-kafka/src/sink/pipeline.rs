@@ -514,6 +514,16 @@ mod tests {
             .collect()
     }
 
+    /// A delivery report `after` ms from now: a timeout if `fails`.
+    async fn answer(after: u64, fails: bool) -> Result<(), Error> {
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        if fails {
+            Err(failure(RDKafkaErrorCode::MessageTimedOut))
+        } else {
+            Ok(())
+        }
+    }
+
     fn failure(code: RDKafkaErrorCode) -> Error {
         Error::Delivery {
             event_id: Uuid::nil(),
@@ -571,14 +581,7 @@ mod tests {
                     Fate::Answer { after, fails } => (after, fails),
                 };
                 handed.lock().unwrap().push(index);
-                Handoff::Sent(async move {
-                    tokio::time::sleep(Duration::from_millis(after)).await;
-                    if fails {
-                        Err(failure(RDKafkaErrorCode::MessageTimedOut))
-                    } else {
-                        Ok(())
-                    }
-                })
+                Handoff::Sent(answer(after, fails))
             },
             settle,
             |index, outcome: Outcome| reported.lock().unwrap().push((index, outcome.to_string())),
@@ -744,15 +747,7 @@ mod tests {
                     return Handoff::Full(Err(failure(RDKafkaErrorCode::QueueFull)));
                 }
                 *token = Some(cuts);
-                let fails = index == 1;
-                Handoff::Sent(async move {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    if fails {
-                        Err(failure(RDKafkaErrorCode::MessageTimedOut))
-                    } else {
-                        Ok(())
-                    }
-                })
+                Handoff::Sent(answer(10, index == 1))
             },
             settle,
             |index, outcome: Outcome| reported.lock().unwrap().push((index, outcome.to_string())),
