@@ -135,6 +135,56 @@ async fn commit_order_holds_when_the_relay_runs_between_the_commits(db: TestDb) 
 }
 
 on!(commit_order_holds_when_the_relay_runs_after_both_commits: Postgres, MySql);
+
+/// A writer that waits for another transaction's key draws its record's id
+/// only once it holds the key: a third writer committing meanwhile on
+/// another key takes the lower id. Were the id drawn before the wait, the
+/// waiting writer's record would sort before one committed earlier.
+async fn a_writer_waiting_for_its_key_draws_its_id_after_the_wait(db: TestDb) {
+    let ids = async |db: &sea_orm::DatabaseConnection| {
+        db.query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, partition_key FROM outbox ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.try_get::<i64>("", "id").unwrap(),
+                row.try_get::<String>("", "partition_key").unwrap(),
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    let a = db.db.begin().await.unwrap();
+    enqueue(&a, &step("k", 1)).await.unwrap();
+    let b = tokio::spawn({
+        let db = db.db.clone();
+        async move {
+            let b = db.begin().await.unwrap();
+            enqueue(&b, &step("k", 2)).await.unwrap();
+            b.commit().await.unwrap();
+        }
+    });
+    // B is waiting for A's key now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_finished(), "B did not wait for A's key");
+    let c = db.db.begin().await.unwrap();
+    enqueue(&c, &step("other", 1)).await.unwrap();
+    c.commit().await.unwrap();
+    a.commit().await.unwrap();
+    b.await.unwrap();
+    let order: Vec<String> = ids(&db.db).await.into_iter().map(|(_, key)| key).collect();
+    assert_eq!(
+        order,
+        ["k", "other", "k"],
+        "B's id was drawn before it held its key"
+    );
+}
+
+on!(a_writer_waiting_for_its_key_draws_its_id_after_the_wait: Postgres, MySql);
+
 on!(commit_order_holds_when_the_relay_runs_between_the_commits: Postgres, MySql);
 
 /// Many writers enqueue for a few keys at once, with no lock of their own;
