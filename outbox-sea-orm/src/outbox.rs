@@ -136,7 +136,7 @@ impl Outbox {
             ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>
             + Send,
         T: Send,
-        E: std::error::Error + Send,
+        E: Send,
     {
         let txn = self
             .connection()

@@ -117,3 +117,28 @@ async fn listen_refuses_other_databases_and_says_why() {
         "{message}"
     );
 }
+
+/// An error type that is not `std::error::Error` (as `anyhow::Error` is
+/// not) still rolls the transaction back and comes back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_error_type_rolls_back() {
+    let Some(db) = TestDb::new(Backend::SqliteFile).await else {
+        return;
+    };
+    let outbox = Outbox::new(db.store());
+    let failed = outbox
+        .transaction(|txn| {
+            Box::pin(async move {
+                enqueue(txn, &OrderPlaced { id: 1 })
+                    .await
+                    .map_err(|e| format!("enqueue: {e}"))?;
+                Err::<(), String>("the business change failed".to_owned())
+            })
+        })
+        .await;
+    assert!(
+        matches!(failed, Err(TransactionError::Transaction(ref m)) if m == "the business change failed"),
+        "{failed:?}"
+    );
+    assert_eq!(pending(outbox.store()).await, 0, "rolled back");
+}
