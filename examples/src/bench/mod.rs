@@ -12,6 +12,7 @@ mod memory;
 mod report;
 mod scale;
 mod seed;
+mod waits;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -37,6 +38,10 @@ pub(crate) enum Scenario {
     Blocked,
     /// Peak RSS while one relay drains 1,000,000 events (PostgreSQL).
     Memory,
+    /// Writers of other keys while a business transaction holds a key 8 s.
+    LongWriter,
+    /// 200 healthy events/s beside 50 keys whose sends take 20 s to fail.
+    SlowKeys,
 }
 
 impl Scenario {
@@ -49,6 +54,8 @@ impl Scenario {
             Scenario::Scale => "scale",
             Scenario::Blocked => "blocked",
             Scenario::Memory => "memory",
+            Scenario::LongWriter => "long-writer",
+            Scenario::SlowKeys => "slow-keys",
         }
     }
 
@@ -72,6 +79,8 @@ impl Scenario {
             Scenario::Scale => scale::run(bench, url).await,
             Scenario::Blocked => blocked::run(bench, url).await,
             Scenario::Memory => memory::run(bench, url).await,
+            Scenario::LongWriter => waits::long_writer(bench, url).await,
+            Scenario::SlowKeys => waits::slow_keys(bench, url).await,
         }
     }
 }

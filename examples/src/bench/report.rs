@@ -27,6 +27,9 @@ pub(crate) struct Figures {
     pub(crate) per_event_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) peak_rss_mb: Option<f64>,
+    /// What else the run saw, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) note: Option<String>,
 }
 
 impl Figures {
@@ -54,6 +57,7 @@ impl Figures {
             p99_ms: None,
             per_event_ms: None,
             peak_rss_mb: None,
+            note: None,
         }
     }
 
@@ -105,6 +109,9 @@ impl std::fmt::Display for Figures {
         }
         if let Some(mb) = self.peak_rss_mb {
             write!(f, "   peak RSS {mb:.1} MB")?;
+        }
+        if let Some(note) = &self.note {
+            write!(f, "   ({note})")?;
         }
         Ok(())
     }

@@ -14,6 +14,8 @@
 //! cargo run --release -p outbox-examples --bin bench -- scale               # 1, 2 and 4 relays on PostgreSQL, per-key order checked
 //! cargo run --release -p outbox-examples --bin bench -- blocked             # claims over 990,000 records behind blocked keys
 //! cargo run --release -p outbox-examples --bin bench -- memory              # peak RSS draining 1,000,000 events (PostgreSQL)
+//! cargo run --release -p outbox-examples --bin bench -- long-writer         # other writers while a transaction holds a key 8 s
+//! cargo run --release -p outbox-examples --bin bench -- slow-keys           # healthy load beside 50 keys whose sends take 20 s to fail
 //! cargo run -p outbox-examples --bin bench -- --quick                       # every scenario, small, in seconds each
 //! ```
 //!
@@ -44,6 +46,7 @@
 //! - `memory`: peak RSS (`VmHWM`) of this process while one relay drains
 //!   1,000,000 events written by the database itself; PostgreSQL unless
 //!   `--database-url` says otherwise.
+//! - `long-writer` and `slow-keys`: see `bench/waits.rs`.
 //!
 //! Options:
 //!
