@@ -126,7 +126,8 @@ impl Sink for TestedSink {
     ) {
         self.times.lock().received += records.len();
         let is_slow = |r: &OutboxRecord| r.key.as_ref().is_some_and(|k| self.slow.contains(k));
-        let (slow, fast): (Vec<usize>, Vec<usize>) = (0..records.len()).partition(|&i| is_slow(&records[i]));
+        let (slow, fast): (Vec<usize>, Vec<usize>) =
+            (0..records.len()).partition(|&i| is_slow(&records[i]));
         let fast_records: Vec<OutboxRecord> = fast.iter().map(|&i| records[i].clone()).collect();
         let slow_records: Vec<OutboxRecord> = slow.iter().map(|&i| records[i].clone()).collect();
         let noted = |index: usize, outcome: Outcome| {
@@ -150,7 +151,9 @@ impl Sink for TestedSink {
                     |record| async move {
                         tokio::time::sleep(self.pace).await;
                         let mut outcomes = self.inner.publish(std::slice::from_ref(record)).await;
-                        outcomes.pop().unwrap_or_else(|| Outcome::retriable("no outcome"))
+                        outcomes
+                            .pop()
+                            .unwrap_or_else(|| Outcome::retriable("no outcome"))
                     },
                 )
                 .await;
@@ -172,7 +175,11 @@ impl Sink for TestedSink {
 /// all have or `deadline` has passed.
 async fn watch_published(db: &BenchDb, ids: &[i64], deadline: Instant) -> HashMap<i64, Instant> {
     let mut seen = HashMap::new();
-    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    let list = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!("SELECT id FROM outbox WHERE status = 'published' AND id IN ({list})");
     while seen.len() < ids.len() && Instant::now() < deadline {
         let statement = Statement::from_string(db.db.get_database_backend(), sql.clone());
@@ -196,10 +203,7 @@ async fn ids_of(db: &BenchDb, events: &[Uuid]) -> Result<Vec<i64>, String> {
             DbBackend::Postgres => "SELECT id FROM outbox WHERE event_id = $1",
             _ => "SELECT id FROM outbox WHERE event_id = ?",
         };
-        let value: sea_orm::Value = match db.db.get_database_backend() {
-            DbBackend::Postgres => (*event).into(),
-            _ => event.to_string().into(),
-        };
+        let value: sea_orm::Value = (*event).into();
         let row = db
             .db
             .query_one_raw(Statement::from_sql_and_values(
@@ -234,7 +238,11 @@ pub(crate) async fn long_writer(bench: &Bench, url: &str) -> Result<Vec<Figures>
     bench.with_database(url, IN_FLIGHT as u32 + 4, run).await
 }
 
-async fn long_writer_on(bench: &Bench, db: &BenchDb, hold: Duration) -> Result<Vec<Figures>, String> {
+async fn long_writer_on(
+    bench: &Bench,
+    db: &BenchDb,
+    hold: Duration,
+) -> Result<Vec<Figures>, String> {
     let topic = bench.broker.new_topic("long-writer").await?;
     let store = SeaOrmStore::new(db.db.clone());
     let first: Vec<NewRecord> = ["a", "k", "m", "a", "k", "m"]
@@ -245,7 +253,10 @@ async fn long_writer_on(bench: &Bench, db: &BenchDb, hold: Duration) -> Result<V
     outbox_sea_orm::enqueue_records(&db.db, &first)
         .await
         .map_err(|e| error_chain(&e))?;
-    let others: Vec<&NewRecord> = first.iter().filter(|r| r.key.as_deref() != Some("k")).collect();
+    let others: Vec<&NewRecord> = first
+        .iter()
+        .filter(|r| r.key.as_deref() != Some("k"))
+        .collect();
     let other_ids = ids_of(db, &others.iter().map(|r| r.event_id).collect::<Vec<_>>()).await?;
 
     let times = Arc::new(Times::default());
@@ -292,13 +303,20 @@ async fn long_writer_on(bench: &Bench, db: &BenchDb, hold: Duration) -> Result<V
             let committed = committed?;
             let (waits, failed) = written;
             if !wait(Duration::from_secs(120), || times.acked(held_id).is_some()).await {
-                return Err("the long transaction's event was not delivered within 120 s".to_owned());
+                return Err(
+                    "the long transaction's event was not delivered within 120 s".to_owned(),
+                );
             }
-            let held_latency = times.acked(held_id).expect("acked").saturating_duration_since(committed);
+            let held_latency = times
+                .acked(held_id)
+                .expect("acked")
+                .saturating_duration_since(committed);
             let mut marks = Vec::new();
             for (record, id) in others.iter().zip(&other_ids) {
                 let (Some(acked), Some(seen)) = (times.acked(record.event_id), seen.get(id)) else {
-                    return Err(format!("record {id} was not both delivered and marked published"));
+                    return Err(format!(
+                        "record {id} was not both delivered and marked published"
+                    ));
                 };
                 marks.push(seen.saturating_duration_since(acked));
             }
@@ -426,7 +444,11 @@ async fn slow_keys_on(bench: &Bench, db: &BenchDb, load: Duration) -> Result<Vec
     let scenario = async {
         let result = async {
             // Let the slow keys' records be claimed first.
-            if !wait(Duration::from_secs(30), || times.lock().received >= SLOW_KEYS).await {
+            if !wait(Duration::from_secs(30), || {
+                times.lock().received >= SLOW_KEYS
+            })
+            .await
+            {
                 return Err("the relay did not claim the slow keys within 30 s".to_owned());
             }
             let mut ticks = tokio::time::interval(Duration::from_secs(1) / RATE as u32);
@@ -458,7 +480,10 @@ async fn slow_keys_on(bench: &Bench, db: &BenchDb, load: Duration) -> Result<Vec
             let ended = Instant::now();
             tokio::time::sleep_until((ended + Duration::from_secs(5)).into()).await;
             let after_5s = times.delivered();
-            let all = wait(Duration::from_secs(120), || times.delivered() as u64 >= events).await;
+            let all = wait(Duration::from_secs(120), || {
+                times.delivered() as u64 >= events
+            })
+            .await;
             let drained = ended.elapsed();
             Ok((after_5s, all, drained))
         }
