@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::{
-    ClaimRequest, NewRecord, OutboxRecord, OutboxStore, Outcome, Relay, Settlement, Sink,
+    ClaimRequest, NewRecord, OutboxRecord, OutboxStore, Outcome, Relay, Settled, Settlement, Sink,
     StoreError,
 };
 use tokio::sync::{Notify, watch};
@@ -147,7 +147,16 @@ impl<S: OutboxStore> OutboxStore for FaultyStore<S> {
         Ok(records)
     }
 
-    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+    async fn renew(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        lease: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        self.inner.renew(owner, ids, lease).await
+    }
+
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<Settled, StoreError> {
         if self.faults.roll(self.faults.odds.fail_before_settle) {
             return Err(self.faults.failed("settlement refused"));
         }

@@ -38,10 +38,11 @@ pub(crate) struct RelayArgs {
     /// The most records claimed at once, as one batch.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     batch_size: u64,
-    /// How many batches are published at once (the next one is claimed
-    /// while the last is published).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
-    batches_in_flight: u64,
+    /// The most records being published and settled at once, over every
+    /// batch (the next batch is claimed while earlier ones are published);
+    /// default: twice the batch size.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_in_flight: Option<u64>,
     /// On PostgreSQL, wake at once when a writer commits with
     /// `Outbox::notify_on_commit` (LISTEN on the `outbox` channel; holds
     /// one connection), instead of waiting for the next poll.
@@ -55,7 +56,9 @@ pub(crate) struct RelayArgs {
     /// polls sooner right after it had work).
     #[arg(long, value_name = "PERIOD", default_value = "500ms", value_parser = db::period)]
     poll_interval: Duration,
-    /// This relay's id in the records it leases (default: relay-<host>-<pid>).
+    /// This relay's id in the records it leases (default:
+    /// relay-<host>-<pid>-<8 random hex digits>, unique even for replicas
+    /// that share a hostname and run as pid 1).
     #[arg(long)]
     relay_id: Option<String>,
     /// A prefix put before every record's topic (such as `staging.`).
@@ -134,7 +137,6 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
     let mut builder = Relay::builder(store.clone(), sink)
         .relay_id(relay_id)
         .batch_size(usize::try_from(args.batch_size).unwrap_or(usize::MAX))
-        .batches_in_flight(usize::try_from(args.batches_in_flight).unwrap_or(usize::MAX))
         .lease(args.lease)
         .poll_interval(args.poll_interval)
         .report_backlog(args.backlog_interval);
@@ -143,6 +145,9 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
     }
     if let Some(max) = args.max_attempts {
         builder = builder.max_attempts(max);
+    }
+    if let Some(records) = args.max_in_flight {
+        builder = builder.max_in_flight(usize::try_from(records).unwrap_or(usize::MAX));
     }
     let relay = Arc::new(builder.build().context("invalid relay settings")?);
     let listening = if args.listen {
@@ -174,7 +179,7 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
         database = %outbox_sea_orm::redact_url(url),
         brokers = %brokers,
         batch_size = args.batch_size,
-        batches_in_flight = args.batches_in_flight,
+        max_in_flight = args.max_in_flight,
         listen = args.listen,
         retain = ?args.retain,
         metrics = ?args.metrics_addr,
@@ -233,7 +238,11 @@ fn default_relay_id() -> String {
         .map(|host| host.trim().to_owned())
         .filter(|host| !host.is_empty())
         .unwrap_or_else(|| "host".to_owned());
-    format!("relay-{host}-{}", std::process::id())
+    // Containers often share a hostname and all run as pid 1: the random
+    // part keeps ids (and so claim tokens) apart.
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    // A UUIDv7's last hex digits are random.
+    format!("relay-{host}-{}-{}", std::process::id(), &random[24..])
 }
 
 /// Resolves with the signal's name on Ctrl-C or SIGTERM.

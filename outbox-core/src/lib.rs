@@ -79,7 +79,7 @@ mod trace;
 pub use clock::{Clock, SystemClock};
 pub use error::{BoxError, Error, StoreError};
 pub use event::{OutboxEvent, TypedEvent, decode, decode_as};
-pub use memory::{FailureKind, InMemorySink, InMemoryStore};
+pub use memory::{FailureKind, InMemorySink, InMemoryStore, OpenWrite};
 pub use record::{Headers, NewRecord, OutboxRecord, Status};
 pub use relay::{
     DeadKeyPolicy, Relay, RelayBuilder, RelayStatus, RunReport, Wakeup, describe_metrics,
@@ -88,7 +88,7 @@ pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPol
 pub use sink::{HeldBack, Outcome, Sink, SinkFn, error_chain, publish_by_key, sink_fn};
 pub use store::{
     ClaimRequest, DeadFilter, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Retry,
-    Settlement, TopicStats,
+    Settled, Settlement, TopicStats,
 };
 pub use trace::{TRACEPARENT, set_traceparent_source};
 

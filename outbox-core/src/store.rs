@@ -85,6 +85,28 @@ impl Settlement {
     }
 }
 
+/// What [`OutboxStore::settle`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Records changed: those still leased under the claim's token.
+    pub changed: u64,
+    /// Dead letters that must hold their key, left as they were (pending,
+    /// still leased) because a writer's transaction holds that key and the
+    /// store does not wait for it: settle them again shortly. Empty for a
+    /// store without writers' locks.
+    pub deferred: Vec<i64>,
+}
+
+impl Settled {
+    /// `changed` records changed, nothing deferred.
+    pub fn changed(changed: u64) -> Self {
+        Self {
+            changed,
+            deferred: Vec::new(),
+        }
+    }
+}
+
 /// The durable queue the relay works from.
 ///
 /// # The claim contract
@@ -108,6 +130,17 @@ impl Settlement {
 /// [`settle`](OutboxStore::settle) touches only records still leased under
 /// `owner`, and returns how many it changed: a claim whose lease ran out
 /// and was taken over changes nothing.
+///
+/// # Never waiting for the service
+///
+/// The relay's statements never wait for a business transaction. Where a
+/// writer's transaction holds a key (it enqueued for it and has not
+/// committed), a claim passes the key over, and a settlement changes the
+/// key's records without waiting for the key: it leaves what needs the key
+/// itself (a dead letter that holds it, see [`Settled::deferred`]) for a
+/// later settlement, and the key's next records are claimable at the
+/// latest when the claim's lease would have ended. Only writers of one key
+/// wait for each other, which is what orders their records.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// Writes records outside any business transaction (adapters also offer
@@ -118,47 +151,59 @@ pub trait OutboxStore: Send + Sync {
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError>;
 
     /// Applies a [`Settlement`] to records leased under `owner`, all or
-    /// nothing, and clears their leases. Returns how many records changed.
-    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError>;
+    /// nothing, and clears their leases, except for the dead letters it
+    /// defers ([`Settled::deferred`]). Never waits for a writer's
+    /// transaction (see the trait docs).
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<Settled, StoreError>;
 
-    /// Marks records published: a [`settle`](Self::settle) of just that.
+    /// Extends the lease of the records `ids` still leased under `owner`
+    /// to `lease` from now, on the store's clock; returns how many it
+    /// extended (fewer when a lease ran out and another claim took the
+    /// records over). The relay renews the leases of a batch that takes
+    /// longer than a third of its lease.
+    async fn renew(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
+
+    /// Marks records published: a [`settle`](Self::settle) of just that;
+    /// returns how many changed.
     async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
         let settlement = Settlement {
             published: ids.to_vec(),
             ..Settlement::default()
         };
-        self.settle(owner, &settlement).await
+        Ok(self.settle(owner, &settlement).await?.changed)
     }
 
     /// Counts a failed attempt, stores the error and makes each record
     /// available again after its delay: a [`settle`](Self::settle) of just
-    /// that.
+    /// that; returns how many changed.
     async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError> {
         let settlement = Settlement {
             retries: retries.to_vec(),
             ..Settlement::default()
         };
-        self.settle(owner, &settlement).await
+        Ok(self.settle(owner, &settlement).await?.changed)
     }
 
     /// Counts a failed attempt, stores the error and moves records to dead:
-    /// a [`settle`](Self::settle) of just that.
+    /// a [`settle`](Self::settle) of just that; returns how many changed
+    /// (deferred ones are not).
     async fn mark_dead(&self, owner: &str, dead: &[DeadLetter]) -> Result<u64, StoreError> {
         let settlement = Settlement {
             dead: dead.to_vec(),
             ..Settlement::default()
         };
-        self.settle(owner, &settlement).await
+        Ok(self.settle(owner, &settlement).await?.changed)
     }
 
     /// Clears the lease of records without counting an attempt, so they are
-    /// claimable again at once: a [`settle`](Self::settle) of just that.
+    /// claimable again at once: a [`settle`](Self::settle) of just that;
+    /// returns how many changed.
     async fn release(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
         let settlement = Settlement {
             released: ids.to_vec(),
             ..Settlement::default()
         };
-        self.settle(owner, &settlement).await
+        Ok(self.settle(owner, &settlement).await?.changed)
     }
 }
 
@@ -396,8 +441,11 @@ macro_rules! forward_store {
             async fn claim(&self, request: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError> {
                 (**self).claim(request).await
             }
-            async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+            async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<Settled, StoreError> {
                 (**self).settle(owner, settlement).await
+            }
+            async fn renew(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
+                (**self).renew(owner, ids, lease).await
             }
         }
     )*};

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::{
     ClaimRequest, DeadFilter, DeadLetter, InMemoryStore, NewRecord, OutboxAdmin, OutboxRecord,
-    OutboxStore, RecordRef, Retry, Settlement, Status, TopicStats,
+    OutboxStore, RecordRef, Retry, Settlement, Status, StoreError, TopicStats,
 };
 
 pub mod explore;
@@ -33,15 +33,51 @@ pub mod sink;
 
 /// What a store must be to run the suite: a store whose clock a test can
 /// move forward.
+#[async_trait::async_trait]
 pub trait TestStore: OutboxStore + OutboxAdmin + Clone + 'static {
     /// Moves the store's clock (the one its leases, backoff and
     /// availability follow) forward by `by`, for this store and its clones.
     fn advance_clock(&self, by: Duration);
+
+    /// Begins a writer's transaction that enqueues `records` and stays
+    /// open, holding their keys as a business transaction does, until
+    /// [`OpenTransaction::commit`]; dropping it rolls back. `None` for a
+    /// store whose writers take turns for the whole database (SQLite):
+    /// there, an open writer holds up every other writer, the relay's
+    /// included, by the database's own design.
+    async fn begin_write(
+        &self,
+        records: &[NewRecord],
+    ) -> Result<Option<Box<dyn OpenTransaction>>, StoreError>;
 }
 
+/// A writer's transaction left open by [`TestStore::begin_write`]; dropping
+/// it rolls back.
+#[async_trait::async_trait]
+pub trait OpenTransaction: Send + Sync {
+    /// Commits it.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+#[async_trait::async_trait]
+impl OpenTransaction for crate::OpenWrite {
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        crate::OpenWrite::commit(*self);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
 impl TestStore for InMemoryStore {
     fn advance_clock(&self, by: Duration) {
         InMemoryStore::advance_clock(self, by);
+    }
+
+    async fn begin_write(
+        &self,
+        records: &[NewRecord],
+    ) -> Result<Option<Box<dyn OpenTransaction>>, StoreError> {
+        Ok(Some(Box::new(self.begin(records).await)))
     }
 }
 
@@ -77,6 +113,9 @@ macro_rules! store_conformance_tests {
             records_are_found_by_id_and_event_id,
             stats_count_by_topic_and_held_records,
             a_purge_batch_deletes_the_oldest_published_first,
+            a_key_a_writer_holds_is_passed_over_and_the_rest_flows,
+            settling_never_waits_for_a_writer,
+            renewing_extends_only_the_owners_leases,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -392,7 +431,7 @@ pub async fn requeue_all_revives_every_dead_record<S: TestStore>(store: S) {
         released: vec![claimed[2].id],
         ..Settlement::default()
     };
-    assert_eq!(store.settle("a", &settlement).await.unwrap(), 4);
+    assert_eq!(store.settle("a", &settlement).await.unwrap().changed, 4);
     assert_eq!(store.requeue_all(&DeadFilter::all()).await.unwrap(), 2);
     assert_eq!(store.requeue_all(&DeadFilter::all()).await.unwrap(), 0);
     let revived = claim(&store, "b", 10).await;
@@ -422,7 +461,7 @@ pub async fn purge_removes_old_published_in_batches<S: TestStore>(store: S) {
         released: vec![claimed[6].id],
         ..Settlement::default()
     };
-    assert_eq!(store.settle("a", &settlement).await.unwrap(), 7);
+    assert_eq!(store.settle("a", &settlement).await.unwrap().changed, 7);
 
     let before_publish = Utc::now() - TimeDelta::hours(1);
     assert_eq!(store.purge_published(before_publish, 2).await.unwrap(), 0);
@@ -678,8 +717,12 @@ pub async fn settle_applies_every_outcome_at_once<S: TestStore>(store: S) {
         released: vec![stored[2].id],
         dead: vec![dead(stored[3].id, "too large", true)],
     };
-    assert_eq!(store.settle("x", &settlement).await.unwrap(), 4);
-    assert_eq!(store.settle("x", &settlement).await.unwrap(), 0, "settled");
+    assert_eq!(store.settle("x", &settlement).await.unwrap().changed, 4);
+    assert_eq!(
+        store.settle("x", &settlement).await.unwrap().changed,
+        0,
+        "settled"
+    );
     let stats = store.stats(Utc::now()).await.unwrap();
     assert_eq!(
         (stats.pending, stats.leased, stats.published, stats.dead),
@@ -884,7 +927,7 @@ pub async fn stats_count_by_topic_and_held_records<S: TestStore>(store: S) {
         released: ids(&stored[1..]),
         ..Settlement::default()
     };
-    assert_eq!(store.settle("a", &settlement).await.unwrap(), 5);
+    assert_eq!(store.settle("a", &settlement).await.unwrap().changed, 5);
     let stats = store.stats(Utc::now()).await.unwrap();
     assert_eq!((stats.pending, stats.held, stats.dead), (4, 2, 1));
     let topic = |name: &str| -> TopicStats {
@@ -952,4 +995,151 @@ pub async fn a_purge_batch_deletes_the_oldest_published_first<S: TestStore>(stor
     assert_eq!((stats.pending, stats.published), (1, 2));
     let past = Utc::now() - TimeDelta::hours(1);
     assert_eq!(store.purge_published_batch(past, 10).await.unwrap(), 0);
+}
+
+/// How long a store statement may take before it counts as waiting for a
+/// writer's transaction: far more than any statement here needs, far less
+/// than forever.
+const NO_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens a writer's transaction, or says why the case does not apply.
+async fn open_writer<S: TestStore>(
+    store: &S,
+    records: &[NewRecord],
+    case: &str,
+) -> Option<Box<dyn OpenTransaction>> {
+    let open = tokio::time::timeout(NO_WAIT, store.begin_write(records))
+        .await
+        .expect("a writer waited for the relay")
+        .expect("begin_write failed");
+    if open.is_none() {
+        eprintln!(
+            "{case}: not applicable to this store, whose writers take turns for the whole \
+             database"
+        );
+    }
+    open
+}
+
+/// Claims, failing when the claim waits for a writer.
+async fn claim_without_waiting<S: TestStore>(store: &S, owner: &str) -> Vec<OutboxRecord> {
+    tokio::time::timeout(NO_WAIT, claim(store, owner, 100))
+        .await
+        .expect("the claim waited for a writer's transaction")
+}
+
+/// A writer's open transaction holds its key: claims pass the key over,
+/// its committed records included (they wait until the writer commits or
+/// rolls back), and the other keys flow; after the commit the key's
+/// records come in commit order.
+pub async fn a_key_a_writer_holds_is_passed_over_and_the_rest_flows<S: TestStore>(store: S) {
+    let first = enqueue(&store, &[record(Some("a"), 1), record(Some("b"), 1)]).await;
+    let Some(writer) = open_writer(
+        &store,
+        &[record(Some("a"), 2)],
+        "a_key_a_writer_holds_is_passed_over_and_the_rest_flows",
+    )
+    .await
+    else {
+        return;
+    };
+    let claimed = claim_without_waiting(&store, "r").await;
+    assert_eq!(ids(&claimed), vec![first[1].id], "only key b flows");
+    store.mark_published("r", &ids(&claimed)).await.unwrap();
+    writer.commit().await.expect("commit failed");
+    let claimed = claim_without_waiting(&store, "r").await;
+    assert_eq!(claimed.len(), 2, "key a flows after the commit");
+    assert_eq!(claimed[0].id, first[0].id);
+    assert_eq!(claimed[1].payload, r#"{"n":2}"#);
+}
+
+/// A settlement changes the records of a key a writer holds without
+/// waiting for it; only a dead letter that must hold that key is deferred
+/// (left pending and leased), and settles once the writer is done.
+pub async fn settling_never_waits_for_a_writer<S: TestStore>(store: S) {
+    let first = enqueue(
+        &store,
+        &[
+            record(Some("a"), 1),
+            record(Some("b"), 1),
+            record(Some("c"), 1),
+        ],
+    )
+    .await;
+    let claimed = claim(&store, "r", 10).await;
+    assert_eq!(claimed.len(), 3);
+    let Some(writer) = open_writer(
+        &store,
+        &[record(Some("a"), 2), record(Some("c"), 2)],
+        "settling_never_waits_for_a_writer",
+    )
+    .await
+    else {
+        return;
+    };
+    let settlement = Settlement {
+        published: vec![first[0].id, first[1].id],
+        dead: vec![dead(first[2].id, "too large", true)],
+        ..Settlement::default()
+    };
+    let settled = tokio::time::timeout(NO_WAIT, store.settle("r", &settlement))
+        .await
+        .expect("the settlement waited for a writer's transaction")
+        .unwrap();
+    assert_eq!(settled.changed, 2, "the published records changed");
+    assert_eq!(settled.deferred, vec![first[2].id], "the dead letter waits");
+    let still = store
+        .find(RecordRef::Id(first[2].id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.status, Status::Pending);
+    assert_eq!(
+        store.renew("r", &[first[2].id], secs(30)).await.unwrap(),
+        1,
+        "still leased to the batch"
+    );
+    writer.commit().await.expect("commit failed");
+    let settlement = Settlement {
+        dead: vec![dead(first[2].id, "too large", true)],
+        ..Settlement::default()
+    };
+    let settled = store.settle("r", &settlement).await.unwrap();
+    assert_eq!((settled.changed, settled.deferred.len()), (1, 0));
+    store.advance_clock(secs(31));
+    let claimed = claim(&store, "r2", 10).await;
+    let keys: Vec<Option<&str>> = claimed.iter().map(|r| r.key.as_deref()).collect();
+    assert_eq!(keys, vec![Some("a")], "c is held by its dead record");
+}
+
+/// A renewal extends the leases still held by its owner, from now.
+pub async fn renewing_extends_only_the_owners_leases<S: TestStore>(store: S) {
+    let first = enqueue(&store, &[record(Some("a"), 1), record(None, 2)]).await;
+    let claimed = claim(&store, "owner", 10).await;
+    assert_eq!(claimed.len(), 2);
+    store.advance_clock(secs(20));
+    assert_eq!(
+        store.renew("owner", &ids(&first), secs(30)).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.renew("thief", &ids(&first), secs(30)).await.unwrap(),
+        0
+    );
+    store.advance_clock(secs(20));
+    assert!(
+        claim(&store, "other", 10).await.is_empty(),
+        "the renewed leases hold past the first lease's end"
+    );
+    store.advance_clock(secs(11));
+    let taken = claim(&store, "other", 10).await;
+    assert_eq!(
+        ids(&taken),
+        ids(&first),
+        "taken over once the renewal ran out"
+    );
+    assert_eq!(
+        store.renew("owner", &ids(&first), secs(30)).await.unwrap(),
+        0
+    );
 }

@@ -417,7 +417,10 @@ impl OutboxStore for BrokenStore {
             StoreError::permanent(error)
         })
     }
-    async fn settle(&self, _: &str, _: &Settlement) -> Result<u64, StoreError> {
+    async fn settle(&self, _: &str, _: &Settlement) -> Result<outbox_core::Settled, StoreError> {
+        unreachable!()
+    }
+    async fn renew(&self, _: &str, _: &[i64], _: Duration) -> Result<u64, StoreError> {
         unreachable!()
     }
 }
@@ -878,7 +881,7 @@ async fn drain_with_overlap(batches_in_flight: usize) -> (OverlapSink, InMemoryS
     let sink = OverlapSink::default();
     let relay = Relay::builder(store.clone(), sink.clone())
         .batch_size(20)
-        .batches_in_flight(batches_in_flight)
+        .max_in_flight(batches_in_flight * 20)
         .build()
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -50,10 +50,23 @@ const RECORDS_PER_LOCKED_INSERT: usize = 100;
 /// Transactions that enqueue for several keys in different orders can
 /// deadlock like any two that lock rows; the database aborts one of them
 /// (retry it). Given a pool rather than a transaction, `enqueue` writes in
-/// a transaction of its own. On PostgreSQL, a business transaction at
-/// `REPEATABLE READ` or `SERIALIZABLE` may fail with a serialization error
-/// (40001) when a relay changed the key's row after its snapshot: retry
-/// it, or enqueue at `READ COMMITTED` (the default).
+/// a transaction of its own.
+///
+/// Nothing else waits for the key: the relay passes over a key a writer
+/// holds (its claims and settlements use `SKIP LOCKED`), so a transaction
+/// left open delays its own key's records only, the committed ones
+/// included, until it ends (and then by a poll, at most the lease of the
+/// key's last claim). On SQLite, one writer at a time holds the whole
+/// database, so an open transaction holds up every writer and the relay.
+///
+/// On PostgreSQL at `REPEATABLE READ` or `SERIALIZABLE`, `enqueue` fails
+/// with a serialization error (SQLSTATE 40001; retry the transaction) when
+/// the key's row in `outbox_keys` was changed by a transaction that
+/// committed after this one's snapshot: a writer that found the key new or
+/// idle (it creates or wakes the row), or a relay that claimed or settled
+/// the key. A writer of a key that already has pending records only locks
+/// the row, so writers of a busy key take turns without that error. At
+/// `READ COMMITTED` (PostgreSQL's default) there is no such error.
 ///
 /// The record's availability (`available_at`) is stamped with the
 /// database's clock, so a writer whose clock is off does not delay or

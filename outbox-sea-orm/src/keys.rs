@@ -6,23 +6,27 @@
 //! A key whose records are all published stays as an idle row (no
 //! `next_at`) until housekeeping deletes it with the published records.
 //!
-//! Every transaction that changes a key's records also writes the key's
-//! row, and so holds its lock until it commits:
+//! Writers lock the key's row; the relay never waits for one:
 //!
 //! - `enqueue` upserts the key **before** inserting the record, so a
 //!   second transaction enqueueing for the key waits for the first to
 //!   commit before its record gets an id: ids of one key are in commit
 //!   order, and the relay publishes in id order.
-//! - the claim locks ready keys (`FOR UPDATE SKIP LOCKED`: never waiting
-//!   for a writer), leases their first records and refreshes them;
-//! - settling, requeueing and discarding upsert the key first (waiting for
-//!   a writer to commit), then refresh it from the records in a new
-//!   statement, which sees what that writer committed.
+//! - the claim locks ready keys `FOR UPDATE SKIP LOCKED`, passing over a
+//!   key a writer holds, leases their first records and refreshes them;
+//! - a settlement locks its records' keys `FOR UPDATE SKIP LOCKED` too: it
+//!   changes the records of every key, refreshes the keys it locked, and
+//!   leaves a busy key's `next_at` at its lease's end for the next claim to
+//!   refresh (see `store::settle`);
+//! - housekeeping deletes and repairs idle keys it can lock without
+//!   waiting;
+//! - only the operators' requeue and discard wait for a writer, one key
+//!   per transaction, so they never hold one key while waiting for another.
 //!
 //! Statements here are hand-written where sea-query has no form for them:
 //! the per-dialect upsert expression and the correlated head subquery.
 
-use sea_orm::sea_query::{Alias, Expr, InsertStatement, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr};
 use sea_orm::{DbBackend, Statement};
 
 use crate::sql::{Param, render};
@@ -34,14 +38,17 @@ pub(crate) const TABLE: &str = "outbox_keys";
 /// them in one order), each with the `next_at` it gets when it has no
 /// pending record yet. An existing key keeps its `next_at`, unless it has
 /// neither a head nor a dead record holding it.
+///
+/// A key that keeps its `next_at` is locked and not written: PostgreSQL
+/// and SQLite update only rows that pass the `WHERE` of `DO UPDATE` (and
+/// lock all of them), MySQL/MariaDB writes nothing when the value stays.
+/// So a writer leaves no new row version of a busy key behind, and on
+/// PostgreSQL a second writer of the key at `REPEATABLE READ` does not
+/// fail with a serialization error because the first one wrote the row.
 pub(crate) fn upsert(
     backend: DbBackend,
     keys: impl IntoIterator<Item = (String, SimpleExpr)>,
 ) -> InsertStatement {
-    let excluded = match backend {
-        DbBackend::MySql => "VALUES(next_at)",
-        _ => "excluded.next_at",
-    };
     let mut insert = Query::insert();
     insert
         .into_table(Alias::new(TABLE))
@@ -49,17 +56,25 @@ pub(crate) fn upsert(
     for (key, next_at) in keys {
         insert.values_panic([key.into(), next_at]);
     }
-    insert.on_conflict(
-        OnConflict::column(Alias::new("partition_key"))
-            .value(
-                Alias::new("next_at"),
-                Expr::cust(format!(
-                    "CASE WHEN outbox_keys.next_at IS NULL AND outbox_keys.held_by IS NULL \
-                     THEN {excluded} ELSE outbox_keys.next_at END"
-                )),
-            )
-            .to_owned(),
-    );
+    let idle = || {
+        Expr::col((Alias::new(TABLE), Alias::new("next_at")))
+            .is_null()
+            .and(Expr::col((Alias::new(TABLE), Alias::new("held_by"))).is_null())
+    };
+    let mut on_conflict = OnConflict::column(Alias::new("partition_key"));
+    match backend {
+        DbBackend::MySql => on_conflict.value(
+            Alias::new("next_at"),
+            Expr::cust(
+                "CASE WHEN outbox_keys.next_at IS NULL AND outbox_keys.held_by IS NULL \
+                 THEN VALUES(next_at) ELSE outbox_keys.next_at END",
+            ),
+        ),
+        _ => on_conflict
+            .value(Alias::new("next_at"), Expr::cust("excluded.next_at"))
+            .action_and_where(idle()),
+    };
+    insert.on_conflict(on_conflict);
     insert
 }
 
@@ -69,7 +84,7 @@ pub(crate) fn upsert(
 /// by a dead record are left alone.
 ///
 /// Idle keys stay in the table until housekeeping deletes them
-/// ([`delete_idle`]): deleting them here, in every settlement, made
+/// ([`idle_keys`]): deleting them here, in every settlement, made
 /// concurrent settlements deadlock on MySQL/MariaDB, whose `DELETE` locks
 /// every row it reads.
 pub(crate) fn refresh(backend: DbBackend, keys: &[String]) -> Statement {
@@ -104,24 +119,35 @@ WHERE partition_key IN (:keys) AND held_by IS NULL"
     )
 }
 
-/// Deletes up to `limit` idle keys (no pending record, no dead one holding
-/// them) through the `next_at` index. A key a writer is enqueueing for is
-/// not idle: the writer's upsert set its `next_at`, and the delete waits
-/// for it and then leaves the row.
-pub(crate) fn delete_idle(backend: DbBackend, limit: i64) -> Statement {
-    let template = match backend {
-        DbBackend::MySql => {
-            "DELETE FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL LIMIT :limit"
-        }
-        // The outer condition again: PostgreSQL re-checks it on the row a
-        // writer just changed, where the subquery's answer is from before.
-        _ => {
-            "DELETE FROM outbox_keys WHERE partition_key IN (
-  SELECT partition_key FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL LIMIT :limit)
-AND next_at IS NULL AND held_by IS NULL"
-        }
+/// Up to `limit` idle keys (no pending record, no dead one holding them)
+/// that no transaction holds, locked for [`delete_keys`] to delete, read
+/// through the `next_at` index. A key a writer is enqueueing for is never
+/// among them: the writer holds its row (and its upsert gave it a
+/// `next_at`), so it is passed over rather than waited for.
+pub(crate) fn idle_keys(backend: DbBackend, limit: i64) -> Statement {
+    let lock = match backend {
+        DbBackend::Sqlite => "",
+        _ => "\nFOR UPDATE SKIP LOCKED",
     };
-    render(backend, template, &[("limit", Param::one(limit))])
+    render(
+        backend,
+        &format!(
+            "SELECT partition_key FROM outbox_keys WHERE next_at IS NULL AND held_by IS NULL
+LIMIT :limit{lock}"
+        ),
+        &[("limit", Param::one(limit))],
+    )
+}
+
+/// Deletes `keys` (locked by [`idle_keys`] in the same transaction) that
+/// are still idle.
+pub(crate) fn delete_keys(backend: DbBackend, keys: &[String]) -> Statement {
+    render(
+        backend,
+        "DELETE FROM outbox_keys
+WHERE partition_key IN (:keys) AND next_at IS NULL AND held_by IS NULL",
+        &[("keys", Param::list(keys.iter().cloned()))],
+    )
 }
 
 /// Sets the `next_at` of keys whose first records a claim just leased to
@@ -143,12 +169,17 @@ WHERE partition_key IN (:keys) AND held_by IS NULL",
     )
 }
 
-/// Registers the keys of pending records that have no claimable key row:
-/// records inserted into `outbox` by another client (not through
-/// `enqueue`), whose keys the claim would otherwise never read. They get a
-/// `next_at` of `now`; the next claim that reads them sets the right one.
-/// Reads every pending record: for housekeeping, not for the hot path.
-pub(crate) fn repair(backend: DbBackend, now: chrono::DateTime<chrono::Utc>) -> [Statement; 2] {
+/// Registers the keys of pending records that have no key row: records
+/// inserted into `outbox` by another client (not through `enqueue`), whose
+/// keys the claim would otherwise never read. They get a `next_at` of
+/// `now`; the next claim that reads them sets the right one. Reads every
+/// pending record: for housekeeping, not for the hot path. (It waits for a
+/// writer inserting the very same new key at that moment, as any insert
+/// of a key does.)
+pub(crate) fn register_missing(
+    backend: DbBackend,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Statement {
     let insert = match backend {
         DbBackend::MySql => "INSERT IGNORE INTO outbox_keys (partition_key, next_at)",
         _ => "INSERT INTO outbox_keys (partition_key, next_at)",
@@ -157,26 +188,54 @@ pub(crate) fn repair(backend: DbBackend, now: chrono::DateTime<chrono::Utc>) -> 
         DbBackend::MySql => "",
         _ => "\nON CONFLICT (partition_key) DO NOTHING",
     };
-    [
-        render(
-            backend,
-            &format!(
-                "{insert}
+    render(
+        backend,
+        &format!(
+            "{insert}
 SELECT DISTINCT o.partition_key, :now FROM outbox o
 WHERE o.status = 'pending' AND o.partition_key IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM outbox_keys k WHERE k.partition_key = o.partition_key){conflict}"
-            ),
-            &[("now", Param::one(now))],
         ),
-        render(
-            backend,
-            "UPDATE outbox_keys SET next_at = :now
+        &[("now", Param::one(now))],
+    )
+}
+
+/// Idle keys (no `next_at`, not held) that have pending records all the
+/// same (inserted by another client), locked without waiting, for
+/// [`ready_now`].
+pub(crate) fn idle_with_records(backend: DbBackend) -> Statement {
+    let lock = match backend {
+        DbBackend::Sqlite => "",
+        _ => "\nFOR UPDATE SKIP LOCKED",
+    };
+    render(
+        backend,
+        &format!(
+            "SELECT partition_key FROM outbox_keys
 WHERE next_at IS NULL AND held_by IS NULL AND EXISTS (
   SELECT 1 FROM outbox o
-  WHERE o.partition_key = outbox_keys.partition_key AND o.status = 'pending')",
-            &[("now", Param::one(now))],
+  WHERE o.partition_key = outbox_keys.partition_key AND o.status = 'pending'){lock}"
         ),
-    ]
+        &[],
+    )
+}
+
+/// Makes `keys` (locked by [`idle_with_records`]) ready at `now`, if they
+/// are still idle.
+pub(crate) fn ready_now(
+    backend: DbBackend,
+    keys: &[String],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Statement {
+    render(
+        backend,
+        "UPDATE outbox_keys SET next_at = :now
+WHERE partition_key IN (:keys) AND next_at IS NULL AND held_by IS NULL",
+        &[
+            ("now", Param::one(now)),
+            ("keys", Param::list(keys.iter().cloned())),
+        ],
+    )
 }
 
 /// Makes the dead record `id` hold its key (it must be dead already),

@@ -4,4 +4,4 @@ mod sink;
 mod store;
 
 pub use sink::{FailureKind, InMemorySink};
-pub use store::InMemoryStore;
+pub use store::{InMemoryStore, OpenWrite};

@@ -1,4 +1,5 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::StoreError;
 use crate::record::{NewRecord, OutboxRecord, Status};
 use crate::store::{
-    ClaimRequest, DeadFilter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Settlement,
-    TopicStats,
+    ClaimRequest, DeadFilter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Settled,
+    Settlement, TopicStats,
 };
 
 /// An [`OutboxStore`] and [`OutboxAdmin`] in memory, for tests of code that
@@ -20,9 +21,16 @@ use crate::store::{
 /// Its clock is the system clock, moved forward by
 /// [`advance_clock`](InMemoryStore::advance_clock) in tests of leases and
 /// backoff.
+///
+/// A writer's transaction that stays open is [`begin`](Self::begin): it
+/// holds its records' keys, as the SQL stores' writers hold their key
+/// rows, until it commits or is dropped; meanwhile claims pass those keys
+/// over and settlements defer the dead letters that would hold them.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryStore {
     state: Arc<Mutex<State>>,
+    /// Woken when a writer lets its keys go.
+    released: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +39,9 @@ struct State {
     rows: BTreeMap<i64, Row>,
     /// How far the store's clock runs ahead of the system clock.
     offset: TimeDelta,
+    /// Keys held by open writers' transactions, with how many hold each
+    /// (one at a time, but a writer may hold a key twice).
+    held: HashMap<String, usize>,
 }
 
 impl State {
@@ -108,13 +119,11 @@ impl InMemoryStore {
     }
 }
 
-#[async_trait]
-impl OutboxStore for InMemoryStore {
-    async fn enqueue(&self, records: &[NewRecord]) -> Result<(), StoreError> {
-        let mut state = self.lock();
+impl State {
+    fn insert(&mut self, records: &[NewRecord]) {
         for record in records {
-            state.next_id += 1;
-            let id = state.next_id;
+            self.next_id += 1;
+            let id = self.next_id;
             let row = Row {
                 record: OutboxRecord::from_new(id, record.clone()),
                 locked_by: None,
@@ -122,8 +131,121 @@ impl OutboxStore for InMemoryStore {
                 published_at: None,
                 holds_key: false,
             };
-            state.rows.insert(id, row);
+            self.rows.insert(id, row);
         }
+    }
+
+    fn is_held(&self, key: Option<&String>) -> bool {
+        key.is_some_and(|key| self.held.contains_key(key))
+    }
+}
+
+/// The distinct keys of `records`.
+fn keys_of(records: &[NewRecord]) -> Vec<String> {
+    let mut keys: Vec<String> = records.iter().filter_map(|r| r.key.clone()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+impl InMemoryStore {
+    /// Waits until none of `keys` is held by a writer, then runs `then`
+    /// on the state, still locked.
+    async fn when_free<T>(&self, keys: &[String], then: impl FnOnce(&mut State) -> T) -> T {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if keys.iter().all(|key| !state.held.contains_key(key)) {
+                    return then(&mut state);
+                }
+            }
+            released.await;
+        }
+    }
+
+    /// Begins a writer's transaction that enqueues `records`: once no
+    /// other writer holds their keys (it waits, as a SQL writer waits for
+    /// the key's row), it holds them, and the records stay invisible,
+    /// until [`OpenWrite::commit`]; dropping it rolls back. Their ids are
+    /// drawn at the commit, so a key's records are in commit order.
+    pub async fn begin(&self, records: &[NewRecord]) -> OpenWrite {
+        let keys = keys_of(records);
+        self.when_free(&keys, |state| {
+            for key in &keys {
+                *state.held.entry(key.clone()).or_default() += 1;
+            }
+        })
+        .await;
+        OpenWrite {
+            store: self.clone(),
+            records: records.to_vec(),
+            keys,
+            done: false,
+        }
+    }
+}
+
+/// A writer's transaction left open: [`InMemoryStore::begin`].
+pub struct OpenWrite {
+    store: InMemoryStore,
+    records: Vec<NewRecord>,
+    keys: Vec<String>,
+    done: bool,
+}
+
+impl OpenWrite {
+    /// Commits: the records are enqueued and the keys let go.
+    pub fn commit(mut self) {
+        let store = self.store.clone();
+        let mut state = store.lock();
+        state.insert(&self.records);
+        self.let_go(&mut state);
+    }
+
+    fn let_go(&mut self, state: &mut State) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        for key in &self.keys {
+            if let Some(count) = state.held.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    state.held.remove(key);
+                }
+            }
+        }
+        self.store.released.notify_waiters();
+    }
+}
+
+/// Rolls back: nothing is enqueued, the keys are let go.
+impl Drop for OpenWrite {
+    fn drop(&mut self) {
+        if !self.done {
+            let store = self.store.clone();
+            let mut state = store.lock();
+            self.let_go(&mut state);
+        }
+    }
+}
+
+impl fmt::Debug for OpenWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenWrite")
+            .field("keys", &self.keys)
+            .field("records", &self.records.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl OutboxStore for InMemoryStore {
+    async fn enqueue(&self, records: &[NewRecord]) -> Result<(), StoreError> {
+        let keys = keys_of(records);
+        self.when_free(&keys, |state| state.insert(records)).await;
         Ok(())
     }
 
@@ -135,11 +257,16 @@ impl OutboxStore for InMemoryStore {
         // and not claimable, or dead and holding the key.
         let mut blocked_keys: HashSet<String> = HashSet::new();
         let mut claimed = Vec::new();
+        let held: HashSet<String> = state.held.keys().cloned().collect();
         for row in state.rows.values_mut() {
             if claimed.len() >= request.limit {
                 break;
             }
             let key = row.record.key.as_ref();
+            // A writer holds the key: passed over, as `SKIP LOCKED` does.
+            if key.is_some_and(|key| held.contains(key)) {
+                continue;
+            }
             match row.record.status {
                 Status::Pending => {}
                 Status::Dead if row.holds_key => {
@@ -162,9 +289,21 @@ impl OutboxStore for InMemoryStore {
         Ok(claimed)
     }
 
-    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<Settled, StoreError> {
         let mut state = self.lock();
         let now = state.now();
+        // A dead letter that would hold a key a writer holds waits.
+        let deferred: Vec<i64> = settlement
+            .dead
+            .iter()
+            .filter(|dead| {
+                dead.holds_key
+                    && state.rows.get(&dead.id).is_some_and(|row| {
+                        row.leased_to(owner) && state.is_held(row.record.key.as_ref())
+                    })
+            })
+            .map(|dead| dead.id)
+            .collect();
         let mut changed = 0;
         let mut leased = |id: i64, change: &mut dyn FnMut(&mut Row)| {
             if let Some(row) = state.rows.get_mut(&id)
@@ -188,7 +327,7 @@ impl OutboxStore for InMemoryStore {
                 row.record.available_at = after(now, retry.delay);
             });
         }
-        for dead in &settlement.dead {
+        for dead in settlement.dead.iter().filter(|d| !deferred.contains(&d.id)) {
             leased(dead.id, &mut |row| {
                 row.record.attempts += 1;
                 row.record.last_error = Some(dead.error.clone());
@@ -199,7 +338,22 @@ impl OutboxStore for InMemoryStore {
         for &id in &settlement.released {
             leased(id, &mut |_| {});
         }
-        Ok(changed)
+        Ok(Settled { changed, deferred })
+    }
+
+    async fn renew(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let until = after(state.now(), lease);
+        let mut renewed = 0;
+        for id in ids {
+            if let Some(row) = state.rows.get_mut(id)
+                && row.leased_to(owner)
+            {
+                row.locked_until = Some(until);
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
     }
 }
 

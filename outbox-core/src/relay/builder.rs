@@ -12,7 +12,7 @@ use crate::{Error, OutboxAdmin, OutboxStore, Sink};
 /// [`RelayBuilder::batch_size`]'s default.
 const DEFAULT_BATCH_SIZE: usize = 500;
 
-/// [`RelayBuilder::batches_in_flight`]'s default.
+/// [`RelayBuilder::max_in_flight`]'s default, in batches.
 const DEFAULT_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The longest lease [`RelayBuilder::lease`] accepts.
@@ -42,7 +42,7 @@ pub struct RelayBuilder<St, Si> {
     sink: Si,
     relay_id: Option<String>,
     batch_size: usize,
-    batches_in_flight: usize,
+    max_in_flight: Option<usize>,
     poll_interval: Duration,
     lease: Duration,
     wakeup: Option<Wakeup>,
@@ -61,7 +61,7 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             sink,
             relay_id: None,
             batch_size: DEFAULT_BATCH_SIZE,
-            batches_in_flight: DEFAULT_BATCHES_IN_FLIGHT,
+            max_in_flight: None,
             poll_interval: Duration::from_millis(500),
             lease: Duration::from_secs(30),
             wakeup: None,
@@ -90,14 +90,17 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         self
     }
 
-    /// How many batches [`Relay::run`] publishes at once: with 2, the next
-    /// batch is claimed while the last one is published and settled, so
-    /// the database and the broker round trips overlap. Batches in flight
-    /// never share a key. Default: 2. Must be at least 1 (one batch after
-    /// the other).
+    /// The most records [`Relay::run`] has in flight (claimed and not yet
+    /// settled) at once, over all its batches: the next batch is claimed
+    /// while earlier ones are published and settled, once there is room
+    /// for half a batch, and asks for no more than there is room for, so
+    /// the database and the broker round trips overlap, and records that
+    /// are slow to publish take up only their own room. Default: twice the
+    /// batch size (1,000 with the default batch). Must be at least 1; with
+    /// the batch size, batches overlap by half a batch at most.
     #[must_use]
-    pub fn batches_in_flight(mut self, batches: usize) -> Self {
-        self.batches_in_flight = batches;
+    pub fn max_in_flight(mut self, records: usize) -> Self {
+        self.max_in_flight = Some(records);
         self
     }
 
@@ -203,8 +206,13 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
         if self.batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
-        if self.batches_in_flight == 0 {
-            return Err(Error::Config("batches in flight must be at least 1".into()));
+        let max_in_flight = self
+            .max_in_flight
+            .unwrap_or(self.batch_size.saturating_mul(DEFAULT_BATCHES_IN_FLIGHT));
+        if max_in_flight == 0 {
+            return Err(Error::Config(
+                "the most records in flight must be at least 1".into(),
+            ));
         }
         if self.poll_interval.is_zero() {
             return Err(Error::Config(
@@ -243,7 +251,7 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             status: Mutex::new(RelayStatus::new(relay_id.clone())),
             relay_id,
             batch_size: self.batch_size,
-            batches_in_flight: self.batches_in_flight,
+            max_in_flight,
             poll_interval: self.poll_interval,
             lease: self.lease,
             wakeup: self.wakeup.unwrap_or_default(),
@@ -253,6 +261,9 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             clock: self.clock,
             chores: self.chores,
             claims: Default::default(),
+            in_flight: Default::default(),
+            room: Default::default(),
+            stopping: Default::default(),
         })
     }
 }
@@ -293,7 +304,7 @@ impl<St, Si> fmt::Debug for RelayBuilder<St, Si> {
         f.debug_struct("RelayBuilder")
             .field("relay_id", &self.relay_id)
             .field("batch_size", &self.batch_size)
-            .field("batches_in_flight", &self.batches_in_flight)
+            .field("max_in_flight", &self.max_in_flight)
             .field("poll_interval", &self.poll_interval)
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)

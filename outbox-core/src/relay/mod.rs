@@ -9,7 +9,7 @@ mod wakeup;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,13 +26,17 @@ use self::tracker::Tracker;
 use crate::clock::Clock;
 use crate::retry::{Backoff, ExponentialBackoff, RetryPolicy};
 use crate::sink::error_chain;
-use crate::store::{ClaimRequest, DeadLetter, Retry, Settlement};
-use crate::{Error, OutboxRecord, OutboxStore, Outcome, Sink};
+use crate::store::{ClaimRequest, DeadLetter, Retry, Settled, Settlement};
+use crate::{Error, OutboxRecord, OutboxStore, Outcome, Sink, StoreError};
 
 /// How often, at most, a batch in flight settles the records whose outcome
 /// is known: delivered records are marked published this soon after their
 /// acknowledgement, whatever the slowest record of the batch does.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest pause between attempts at a settlement that keeps failing
+/// (the pause doubles from [`SETTLE_EVERY`]).
+const MAX_SETTLE_PAUSE: Duration = Duration::from_secs(5);
 
 /// The first pause after an empty claim that followed work: the pause
 /// doubles with each empty claim in a row, up to the poll interval, so a
@@ -58,7 +62,7 @@ pub struct Relay<St, Si> {
     sink: Si,
     relay_id: String,
     batch_size: usize,
-    batches_in_flight: usize,
+    max_in_flight: usize,
     poll_interval: Duration,
     lease: Duration,
     wakeup: Wakeup,
@@ -69,6 +73,14 @@ pub struct Relay<St, Si> {
     chores: Chores,
     claims: AtomicU64,
     status: Mutex<RelayStatus>,
+    /// Records claimed and not yet settled, over every batch in flight.
+    in_flight: AtomicUsize,
+    /// Woken when records in flight are settled, so a claim waiting for
+    /// room starts.
+    room: tokio::sync::Notify,
+    /// Set while [`Relay::run`] shuts down: batches give back what they
+    /// cannot settle rather than wait for it.
+    stopping: AtomicBool,
 }
 
 impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
@@ -107,9 +119,9 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
     /// again (delivery is at least once).
     pub async fn run_once(&self) -> Result<RunReport, Error> {
         let started = Instant::now();
-        let result = match self.claim().await {
+        let result = match self.claim(self.batch_size).await {
             Ok(batch) if batch.records.is_empty() => Ok(RunReport::default()),
-            Ok(batch) => self.deliver(batch).await,
+            Ok(batch) => self.deliver(batch, false).await,
             Err(error) => Err(error),
         };
         self.finish(&result, started);
@@ -149,20 +161,28 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
 
     /// Runs batches until `shutdown` resolves; returns only then.
     ///
-    /// Up to [`batches_in_flight`](RelayBuilder::batches_in_flight) batches
-    /// are published at once: the next batch is claimed while the current
-    /// one is published and settled (a key whose records are leased is
-    /// never claimed again before they settle, so batches in flight never
-    /// share a key). While claims find records the next one starts at once.
+    /// Up to [`max_in_flight`](RelayBuilder::max_in_flight) records are
+    /// being published and settled at once, in as many batches as that
+    /// takes: the next batch is claimed while earlier ones are published
+    /// and settled, as soon as there is room for half a batch, and it asks
+    /// for no more records than there is room for. Room is counted in
+    /// records, so a slow record takes up its own room only: a batch whose
+    /// other records are settled no longer holds theirs. A key whose
+    /// records are leased is never claimed again before they all settle,
+    /// so batches in flight never share a key. While claims find records
+    /// the next one starts at once.
     /// After an empty claim the relay waits, 5 ms at first and twice as
     /// long after each empty claim in a row, up to `poll_interval`; a
     /// [`Wakeup`] ends the wait at once. No error stops it: a failed batch
     /// (the database or the sink down, a statement refused) is logged,
     /// counted in [`RelayStatus::consecutive_failures`], and the next claim
     /// waits a pause that doubles with each failure in a row, with jitter,
-    /// from the poll interval up to 30 s. On shutdown, the batches in
-    /// progress are finished (published and settled) and no new one is
-    /// claimed, so the relay holds no lease when this returns.
+    /// from the poll interval up to 30 s. A settlement that fails is tried
+    /// again (the lease renewed meanwhile) until it succeeds. On shutdown,
+    /// the batches in progress are finished (published and settled) and no
+    /// new one is claimed, so the relay holds no lease when this returns;
+    /// a dead letter waiting for its key (held by a business transaction)
+    /// is given back instead, unattempted.
     ///
     /// Beside the batches it purges published records and reports the
     /// backlog, when the builder set
@@ -186,6 +206,7 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
             ExponentialBackoff::new(self.poll_interval, MAX_ERROR_PAUSE.max(self.poll_interval))
                 .expect("the poll interval is checked to be positive by the builder");
         self.lock_status().running = true;
+        self.stopping.store(false, Ordering::Release);
         let mut stopping = false;
         // The claim in progress, if any; at most one at a time.
         let mut claiming: Option<ClaimFuture<'_>> = None;
@@ -194,21 +215,30 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         // When the next claim may start.
         let mut next_claim = Instant::now();
         let mut empty_claims: u32 = 0;
+        // A claim starts once half a batch fits.
+        let enough = self.batch_size.min(self.max_in_flight.div_ceil(2)).max(1);
         loop {
-            let slot_free = delivering.len() < self.batches_in_flight;
-            if !stopping && claiming.is_none() && slot_free && Instant::now() >= next_claim {
-                claiming = Some(Box::pin(async {
+            let room = self
+                .max_in_flight
+                .saturating_sub(self.in_flight.load(Ordering::Acquire));
+            let has_room = room >= enough;
+            if !stopping && claiming.is_none() && has_room && Instant::now() >= next_claim {
+                let limit = self.batch_size.min(room);
+                claiming = Some(Box::pin(async move {
                     let started = Instant::now();
-                    (self.claim().await, started)
+                    (self.claim(limit).await, started)
                 }));
             }
             if stopping && claiming.is_none() && delivering.is_empty() {
                 break;
             }
-            let waiting = !stopping && claiming.is_none() && slot_free;
+            let waiting = !stopping && claiming.is_none() && has_room;
             tokio::select! {
                 biased;
-                () = &mut shutdown, if !stopping => stopping = true,
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    self.stopping.store(true, Ordering::Release);
+                }
                 (claimed, started) = async { claiming.as_mut().expect("checked").await },
                     if claiming.is_some() =>
                 {
@@ -221,7 +251,8 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                         }
                         Ok(batch) => {
                             empty_claims = 0;
-                            delivering.push(async move { (self.deliver(batch).await, started) });
+                            delivering
+                                .push(async move { (self.deliver(batch, true).await, started) });
                         }
                         Err(error) => {
                             let result = Err(error);
@@ -236,6 +267,7 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                         next_claim = Instant::now() + self.failed(&result, &error_backoff);
                     }
                 }
+                () = self.room.notified(), if !stopping && !has_room => {}
                 () = tokio::time::sleep_until(next_claim), if waiting => {}
                 () = self.wakeup.woken(), if waiting && empty_claims > 0 => {
                     empty_claims = 0;
@@ -274,8 +306,9 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         pause
     }
 
-    /// Claims a batch (possibly empty) under a token of its own.
-    async fn claim(&self) -> Result<Claimed, Error> {
+    /// Claims a batch (possibly empty) of at most `limit` records under a
+    /// token of its own; counts its records in flight.
+    async fn claim(&self, limit: usize) -> Result<Claimed, Error> {
         let token = format!(
             "{}#{}",
             self.relay_id,
@@ -283,28 +316,53 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         );
         let request = ClaimRequest {
             owner: token,
-            limit: self.batch_size,
+            limit,
             lease: self.lease,
             dead_holds_key: self.dead_key_policy == DeadKeyPolicy::Hold,
         };
         let span = tracing::debug_span!(
             "outbox.claim",
             relay = %self.relay_id,
-            limit = self.batch_size,
+            limit,
             claimed = field::Empty
         );
+        let started = Instant::now();
         let records = self.store.claim(&request).instrument(span.clone()).await?;
         span.record("claimed", records.len());
+        self.in_flight.fetch_add(records.len(), Ordering::AcqRel);
         Ok(Claimed {
             owner: request.owner,
             records,
+            leased_at: started,
         })
     }
 
     /// Publishes a claimed batch and settles each record as its outcome
     /// becomes known.
-    async fn deliver(&self, batch: Claimed) -> Result<RunReport, Error> {
-        let Claimed { owner, records } = batch;
+    ///
+    /// The sink's publish and the settlements run side by side, so the
+    /// sink keeps working (its timers, its purges) while a settlement
+    /// waits on the database. A settlement that fails is carried to the
+    /// next one and tried again, with a growing pause, and the batch's
+    /// lease is renewed every third of a lease while records are left, so
+    /// no outcome is lost to a failed settlement or to a slow sink. Only
+    /// when the lease has run out without a successful renewal (the store
+    /// unreachable for a whole lease) does the batch give up what it could
+    /// not settle: another claim then publishes those records again.
+    ///
+    /// A dead letter the store defers (its key held by a writer) is settled
+    /// again until it can be, when `patient`; otherwise, and on shutdown,
+    /// it is released unattempted once the rest is settled.
+    async fn deliver(&self, batch: Claimed, patient: bool) -> Result<RunReport, Error> {
+        let Claimed {
+            owner,
+            records,
+            leased_at,
+        } = batch;
+        let mut in_flight = InFlight {
+            relay: self,
+            left: records.len(),
+        };
         let span = tracing::debug_span!(
             "outbox.publish",
             relay = %self.relay_id,
@@ -323,27 +381,70 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                 );
             }
         };
-        let publish = self
-            .sink
-            .publish_each(&records, &report)
-            .instrument(span.clone());
-        let mut publish = std::pin::pin!(publish);
+        let published = AtomicBool::new(false);
+        let done = tokio::sync::Notify::new();
+        let publish = async {
+            self.sink
+                .publish_each(&records, &report)
+                .instrument(span.clone())
+                .await;
+            published.store(true, Ordering::Release);
+            done.notify_one();
+        };
+        let batch = Batch {
+            owner: &owner,
+            records: &records,
+            tracker: &tracker,
+            published: &published,
+            done: &done,
+        };
+        let settling = self.settle_batch(&batch, leased_at, patient, &mut in_flight);
+        let ((), result) = tokio::join!(publish, settling);
+        if let Ok(totals) = &result {
+            span.record("delivered", totals.published);
+        }
+        result
+    }
+
+    /// Settles a batch's records as their outcomes come in, until every
+    /// one is settled; see [`deliver`](Self::deliver).
+    async fn settle_batch(
+        &self,
+        batch: &Batch<'_>,
+        mut leased_at: Instant,
+        patient: bool,
+        in_flight: &mut InFlight<'_, St, Si>,
+    ) -> Result<RunReport, Error> {
         let mut totals = RunReport {
-            claimed: records.len(),
+            claimed: batch.records.len(),
             ..RunReport::default()
         };
-        // Settle what is known every SETTLE_EVERY while the sink works, then
-        // the rest once it is done. A settlement that fails is carried to
-        // the next turn; its records stay leased meanwhile.
+        // Outcomes known but not applied: a settlement that failed.
         let mut carried = Settlement::default();
-        let result = loop {
-            let done = tokio::select! {
-                () = &mut publish => true,
-                () = tokio::time::sleep(SETTLE_EVERY) => false,
+        // Dead letters the store deferred: their key is held by a writer.
+        let mut deferred: Vec<DeadLetter> = Vec::new();
+        let mut failures: u32 = 0;
+        let mut last_error: Option<Error> = None;
+        loop {
+            let pause = if failures == 0 {
+                SETTLE_EVERY
+            } else {
+                (SETTLE_EVERY * 2u32.pow(failures.min(10))).min(MAX_SETTLE_PAUSE)
             };
+            if batch.published.load(Ordering::Acquire) {
+                if !carried.is_empty() || !deferred.is_empty() {
+                    tokio::time::sleep(pause).await;
+                }
+            } else {
+                tokio::select! {
+                    () = batch.done.notified() => {}
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            let finished = batch.published.load(Ordering::Acquire);
             let ready = {
-                let mut tracker = tracker.lock().unwrap_or_else(PoisonError::into_inner);
-                if done {
+                let mut tracker = batch.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                if finished {
                     let missing = tracker.report_missing();
                     if missing > 0 {
                         tracing::error!(
@@ -357,31 +458,113 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
                 }
                 tracker.take_settled()
             };
-            let mut settlement = std::mem::take(&mut carried);
-            merge(&mut settlement, self.settlement(&records, ready));
-            let mut failed = None;
-            if !settlement.is_empty() {
-                match self.apply(&owner, &settlement).await {
-                    Ok(()) => totals += report_of(&settlement),
+            merge(&mut carried, self.settlement(batch.records, ready));
+            if finished && (!patient || self.stopping.load(Ordering::Acquire)) {
+                // Given back unattempted: the next claim tries them again.
+                carried
+                    .released
+                    .extend(deferred.drain(..).map(|dead| dead.id));
+            } else {
+                carried.dead.append(&mut deferred);
+            }
+            if !carried.is_empty() {
+                let attempt = std::mem::take(&mut carried);
+                match self.apply(batch.owner, &attempt).await {
+                    Ok(settled) => {
+                        failures = 0;
+                        let (applied, later) = split_deferred(attempt, &settled.deferred);
+                        totals += report_of(&applied);
+                        in_flight.settled(applied.len());
+                        deferred = later;
+                    }
                     Err(error) => {
-                        carried = settlement;
-                        failed = Some(error);
+                        failures = failures.saturating_add(1);
+                        self.settle_failed(&error, failures);
+                        carried = attempt;
+                        last_error = Some(error);
                     }
                 }
             }
-            match failed {
-                Some(error) if done => break Err(error),
-                None if done => break Ok(totals),
-                Some(error) => tracing::warn!(
-                    relay = %self.relay_id,
-                    error = %error_chain(&error),
-                    "settling part of a batch failed; trying again shortly"
-                ),
-                None => {}
+            let unsettled: Vec<i64> = {
+                let tracker = batch.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                tracker
+                    .unsettled()
+                    .map(|index| batch.records[index].id)
+                    .chain(ids_of(&carried))
+                    .chain(deferred.iter().map(|dead| dead.id))
+                    .collect()
+            };
+            if finished && unsettled.is_empty() {
+                return Ok(totals);
             }
-        };
-        span.record("delivered", totals.published);
-        result
+            let now = Instant::now();
+            if now >= leased_at + self.lease / 3 && !unsettled.is_empty() {
+                match self.renew(batch.owner, &unsettled).await {
+                    Ok(()) => leased_at = now,
+                    Err(error) => last_error = Some(error),
+                }
+            }
+            if finished && Instant::now() >= leased_at + self.lease {
+                tracing::error!(
+                    relay = %self.relay_id,
+                    records = unsettled.len(),
+                    error = last_error.as_ref().map(|e| error_chain(e)).unwrap_or_default(),
+                    "gave up settling records whose lease ran out while the store failed; \
+                     another claim publishes them again"
+                );
+                return Err(last_error.unwrap_or_else(|| {
+                    Error::Store(StoreError::retriable(
+                        "the lease ran out before the batch was settled",
+                    ))
+                }));
+            }
+        }
+    }
+
+    /// Extends the lease of a batch's unsettled records.
+    async fn renew(&self, owner: &str, ids: &[i64]) -> Result<(), Error> {
+        let span = tracing::debug_span!(
+            "outbox.renew",
+            relay = %self.relay_id,
+            records = ids.len()
+        );
+        let renewed = self
+            .store
+            .renew(owner, ids, self.lease)
+            .instrument(span)
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(
+                    relay = %self.relay_id,
+                    error = %error_chain(error),
+                    "renewing a batch's lease failed; trying again shortly"
+                );
+            })?;
+        metrics::counter!("outbox_lease_renewals_total").increment(1);
+        if renewed < ids.len() as u64 {
+            tracing::warn!(
+                relay = %self.relay_id,
+                expected = ids.len(),
+                renewed,
+                "some leases ran out before they were renewed; another relay may publish \
+                 those records again (lengthen the lease)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Logs and counts a failed settlement (tried again after a pause).
+    fn settle_failed(&self, error: &Error, failures: u32) {
+        metrics::counter!("outbox_settle_errors_total").increment(1);
+        tracing::warn!(
+            relay = %self.relay_id,
+            error = %error_chain(error),
+            failures,
+            "settling part of a batch failed; trying again shortly"
+        );
+        let mut status = self.lock_status();
+        status.last_error = Some(error_chain(error));
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
     }
 
     /// What to do with records whose outcome is known.
@@ -445,7 +628,7 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         settlement
     }
 
-    async fn apply(&self, owner: &str, settlement: &Settlement) -> Result<(), Error> {
+    async fn apply(&self, owner: &str, settlement: &Settlement) -> Result<Settled, Error> {
         let span = tracing::debug_span!(
             "outbox.mark",
             relay = %self.relay_id,
@@ -455,21 +638,30 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
             released = settlement.released.len()
         );
         let expected = settlement.len();
-        let changed = self
+        let settled = self
             .store
             .settle(owner, settlement)
             .instrument(span)
             .await?;
-        if changed < expected as u64 {
+        let accounted = settled.changed + settled.deferred.len() as u64;
+        if accounted < expected as u64 {
             tracing::warn!(
                 relay = %self.relay_id,
                 expected,
-                changed,
+                changed = settled.changed,
                 "some leases ran out before the batch was settled; another relay may \
                  publish those records again (lengthen the lease)"
             );
         }
-        Ok(())
+        if !settled.deferred.is_empty() {
+            tracing::info!(
+                relay = %self.relay_id,
+                deferred = settled.deferred.len(),
+                "dead letters wait for their key, held by a business transaction; \
+                 settled again shortly"
+            );
+        }
+        Ok(settled)
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, RelayStatus> {
@@ -481,6 +673,69 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
 struct Claimed {
     owner: String,
     records: Vec<OutboxRecord>,
+    /// When the claim started: its lease lasts at least until then plus
+    /// the lease (the store counts from a later moment).
+    leased_at: Instant,
+}
+
+/// A batch being delivered, as its settlements see it.
+struct Batch<'a> {
+    owner: &'a str,
+    records: &'a [OutboxRecord],
+    tracker: &'a Mutex<Tracker>,
+    /// Set once the sink's publish returned.
+    published: &'a AtomicBool,
+    /// Woken when it returns.
+    done: &'a tokio::sync::Notify,
+}
+
+/// A batch's records still counted in flight; whatever is left when it
+/// drops (settled, given up, or the batch dropped) is let go then.
+struct InFlight<'r, St, Si> {
+    relay: &'r Relay<St, Si>,
+    left: usize,
+}
+
+impl<St, Si> InFlight<'_, St, Si> {
+    fn settled(&mut self, count: usize) {
+        let count = count.min(self.left);
+        if count > 0 {
+            self.left -= count;
+            self.relay.in_flight.fetch_sub(count, Ordering::AcqRel);
+            self.relay.room.notify_one();
+        }
+    }
+}
+
+impl<St, Si> Drop for InFlight<'_, St, Si> {
+    fn drop(&mut self) {
+        let left = self.left;
+        self.settled(left);
+    }
+}
+
+/// The ids a settlement names.
+fn ids_of(settlement: &Settlement) -> impl Iterator<Item = i64> + '_ {
+    settlement
+        .published
+        .iter()
+        .copied()
+        .chain(settlement.retries.iter().map(|r| r.id))
+        .chain(settlement.dead.iter().map(|d| d.id))
+        .chain(settlement.released.iter().copied())
+}
+
+/// Splits what a store settled from the dead letters it deferred.
+fn split_deferred(mut settlement: Settlement, deferred: &[i64]) -> (Settlement, Vec<DeadLetter>) {
+    if deferred.is_empty() {
+        return (settlement, Vec::new());
+    }
+    let (later, now): (Vec<DeadLetter>, Vec<DeadLetter>) = settlement
+        .dead
+        .into_iter()
+        .partition(|dead| deferred.contains(&dead.id));
+    settlement.dead = now;
+    (settlement, later)
 }
 
 /// A claim in progress and when it started.
@@ -543,6 +798,16 @@ pub fn describe_metrics() {
         "outbox_purged_total",
         Unit::Count,
         "Published records deleted by retention."
+    );
+    describe_counter!(
+        "outbox_settle_errors_total",
+        Unit::Count,
+        "Settlements (marking records) that failed and were tried again."
+    );
+    describe_counter!(
+        "outbox_lease_renewals_total",
+        Unit::Count,
+        "Leases of slow batches renewed."
     );
     describe_histogram!(
         "outbox_batch_seconds",
@@ -614,6 +879,7 @@ impl<St, Si> fmt::Debug for Relay<St, Si> {
         f.debug_struct("Relay")
             .field("relay_id", &self.relay_id)
             .field("batch_size", &self.batch_size)
+            .field("max_in_flight", &self.max_in_flight)
             .field("poll_interval", &self.poll_interval)
             .field("lease", &self.lease)
             .field("retry_policy", &self.retry_policy)

@@ -21,23 +21,36 @@ pub(super) struct Ready {
 enum Slot {
     Waiting,
     Reported(Outcome),
-    Taken,
+    /// Handed out; whether it had failed.
+    Taken {
+        failed: bool,
+    },
+}
+
+impl Slot {
+    fn failed(&self) -> bool {
+        match self {
+            Slot::Waiting => false,
+            Slot::Reported(outcome) => !outcome.is_delivered(),
+            Slot::Taken { failed } => *failed,
+        }
+    }
 }
 
 /// What the sink reported so far for each record of a batch.
 ///
-/// A delivered record is ready at once. A failed record is ready once every
-/// earlier record of its key has an outcome, since only then is it known
-/// whether it is the key's first failure (an attempt: retry or dead) or
-/// one behind it (released).
+/// A delivered record is ready at once. A failed record is ready once
+/// every record of its key in the batch has an outcome: only then is it
+/// known whether it is the key's first failure (an attempt: retry or dead)
+/// or one behind it (released), and only then can the key be claimed
+/// again without a record of it still in the sink's hands (a retried head
+/// overtaking its own later records).
 #[derive(Debug)]
 pub(super) struct Tracker {
     slots: Vec<Slot>,
     /// The batch indexes of each key's records (a keyless record is a group
     /// of its own), in batch order.
     groups: Vec<Vec<usize>>,
-    /// Whether a record of the group has failed and been handed out.
-    failed: Vec<bool>,
 }
 
 impl Tracker {
@@ -58,7 +71,6 @@ impl Tracker {
         }
         Self {
             slots: records.iter().map(|_| Slot::Waiting).collect(),
-            failed: vec![false; groups.len()],
             groups,
         }
     }
@@ -90,33 +102,44 @@ impl Tracker {
         missing
     }
 
+    /// The records not handed out yet (waiting for an outcome, or for the
+    /// rest of their key).
+    pub(super) fn unsettled(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| !matches!(slot, Slot::Taken { .. }))
+            .map(|(index, _)| index)
+    }
+
     /// Hands out every record whose settlement is known.
     pub(super) fn take_settled(&mut self) -> Vec<Ready> {
         let mut ready = Vec::new();
-        for (group, indexes) in self.groups.iter().enumerate() {
-            let mut failed = self.failed[group];
-            let mut unknown = false;
+        for indexes in &self.groups {
+            let complete = indexes
+                .iter()
+                .all(|&index| !matches!(self.slots[index], Slot::Waiting));
+            let mut failed_before = false;
             for &index in indexes {
                 let slot = &mut self.slots[index];
-                match slot {
-                    Slot::Taken => {}
-                    Slot::Waiting => unknown = true,
-                    Slot::Reported(outcome) if outcome.is_delivered() || !unknown => {
-                        let delivered = outcome.is_delivered();
-                        let Slot::Reported(outcome) = std::mem::replace(slot, Slot::Taken) else {
-                            unreachable!("matched as reported")
-                        };
-                        ready.push(Ready {
-                            index,
-                            outcome,
-                            behind: failed,
-                        });
-                        failed |= !delivered;
-                    }
-                    Slot::Reported(_) => {}
+                let failed = slot.failed();
+                let take = match slot {
+                    Slot::Reported(outcome) => outcome.is_delivered() || complete,
+                    _ => false,
+                };
+                if take {
+                    let Slot::Reported(outcome) = std::mem::replace(slot, Slot::Taken { failed })
+                    else {
+                        unreachable!("matched as reported")
+                    };
+                    ready.push(Ready {
+                        index,
+                        outcome,
+                        behind: failed_before,
+                    });
                 }
+                failed_before |= failed;
             }
-            self.failed[group] = failed;
         }
         ready
     }
@@ -151,6 +174,10 @@ mod tests {
         // Record 1 failed, but record 0 of its key is unknown yet.
         assert_eq!(taken(&tracker.take_settled()), vec![(3, true, false)]);
         assert!(tracker.report(0, Outcome::retriable("timeout")));
+        // Record 2 of the key is still in the sink's hands: the failures
+        // wait for it.
+        assert!(tracker.take_settled().is_empty());
+        assert_eq!(tracker.unsettled().collect::<Vec<_>>(), vec![0, 1, 2]);
         assert!(tracker.report(2, Outcome::retriable("held back")));
         assert_eq!(
             taken(&tracker.take_settled()),
@@ -168,9 +195,27 @@ mod tests {
         tracker.report(0, Outcome::Delivered);
         assert_eq!(taken(&tracker.take_settled()), vec![(0, true, false)]);
         tracker.report(1, Outcome::permanent("too large"));
-        assert_eq!(taken(&tracker.take_settled()), vec![(1, false, false)]);
+        assert!(tracker.take_settled().is_empty(), "record 2 is unknown yet");
         assert_eq!(tracker.report_missing(), 1);
-        assert_eq!(taken(&tracker.take_settled()), vec![(2, false, true)]);
+        assert_eq!(
+            taken(&tracker.take_settled()),
+            vec![(1, false, false), (2, false, true)]
+        );
+    }
+
+    #[test]
+    fn a_record_delivered_behind_a_failure_is_ready_and_flagged() {
+        let records = records(&[Some("a"), Some("a"), Some("a")]);
+        let mut tracker = Tracker::new(&records);
+        tracker.report(0, Outcome::retriable("timeout"));
+        tracker.report(1, Outcome::Delivered);
+        assert_eq!(taken(&tracker.take_settled()), vec![(1, true, true)]);
+        tracker.report(2, Outcome::retriable("held back"));
+        assert_eq!(
+            taken(&tracker.take_settled()),
+            vec![(0, false, false), (2, false, true)]
+        );
+        assert_eq!(tracker.unsettled().count(), 0);
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub struct Summary {
     pub runs: usize,
     /// Relays crashed.
     pub crashes: usize,
+    /// Store steps (claims and settlements) that failed.
+    pub failures: usize,
     /// Relays stalled past their lease while the other relay took over.
     pub takeovers: usize,
     /// Relays stalled holding their lease while the other relay ran.
@@ -209,6 +211,7 @@ impl Summary {
         match schedule.fault {
             Fault::None => {}
             Fault::Crash { .. } => self.crashes += 1,
+            Fault::Fail { .. } => self.failures += 1,
             Fault::Stall { takeover: true, .. } => self.takeovers += 1,
             Fault::Stall {
                 takeover: false, ..
@@ -228,12 +231,13 @@ impl fmt::Display for Summary {
         write!(
             f,
             "{} schedules over {} histories kept every promise: {} relay runs, {} crashes, \
-             {} lease takeovers, {} interleavings, {} deliveries, {} duplicates (each of a \
-             record in flight at a crash or takeover)",
+             {} failed store steps, {} lease takeovers, {} interleavings, {} deliveries, {} \
+             duplicates (each of a record in flight at a crash or takeover)",
             self.schedules,
             self.histories,
             self.runs,
             self.crashes,
+            self.failures,
             self.takeovers,
             self.interleavings,
             self.deliveries,
@@ -329,10 +333,11 @@ impl<S: TestStore> Explorer<S> {
         let clean = Schedule::new(history.clone(), Fault::None);
         let (steps, store_steps) = self.run_one(&clean, None, summary).await?;
         let crashes = (0..steps.len()).map(|step| Fault::Crash { step });
+        let failures = store_steps.iter().map(|&step| Fault::Fail { step });
         let stalls = store_steps
             .iter()
             .flat_map(|&step| [true, false].map(|takeover| Fault::Stall { step, takeover }));
-        for fault in crashes.chain(stalls) {
+        for fault in crashes.chain(failures).chain(stalls) {
             let schedule = Schedule::new(history.clone(), fault);
             self.run_one(&schedule, Some(&steps), summary).await?;
         }
@@ -402,8 +407,11 @@ fn block_on<T>(future: impl Future<Output = T>) -> T {
         "the explorer builds a current-thread runtime of its own, so that its runs repeat: \
          call it from a plain #[test] or fn main, not inside a tokio runtime"
     );
+    // The clock is paused: the relay's pauses (after a failed settlement)
+    // pass at once, and a batch that waits forever is seen to.
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .start_paused(true)
         .build()
         .expect("cannot build a current-thread tokio runtime")
         .block_on(future)

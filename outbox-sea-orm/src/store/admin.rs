@@ -1,5 +1,7 @@
 //! Operators' work: dead letters, housekeeping, counts.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use outbox_core::{DeadFilter, OutboxRecord, OutboxStats, RecordRef, Status, TopicStats};
 use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
@@ -99,41 +101,57 @@ pub(super) enum Which<'a> {
 /// error kept, and frees the keys they held: one record, or all of them.
 /// It reads the dead records first and changes exactly those, so a record
 /// that dies meanwhile (and may hold its key) is left for the next call.
+/// Each key's records are requeued in a transaction of their own, which
+/// waits for a writer holding that key (and only it) to commit: a writer
+/// of another key never waits for a key the requeue holds.
 pub(super) async fn requeue(store: &SeaOrmStore, which: Which<'_>) -> Result<u64, Error> {
+    let dead = match dead_records(store.connection(), which).await {
+        Ok(dead) => dead,
+        Err(TxError::Db(error)) => return Err(store.fail("read dead outbox records", error).await),
+        Err(TxError::Outbox(error)) => return Err(error),
+    };
+    let mut by_key: BTreeMap<Option<String>, Vec<i64>> = BTreeMap::new();
+    for (id, key) in dead {
+        by_key.entry(key).or_default().push(id);
+    }
     let offset = store.clock_offset();
-    store
-        .retrying(|| {
-            store.transaction("requeue dead outbox records", async |txn| {
-                let now = crate::clock::now(txn, offset).await?;
-                let dead = dead_records(txn, which).await?;
-                let ids: Vec<i64> = dead.iter().map(|(id, _)| *id).collect();
-                let mut keys: Vec<String> = dead.into_iter().filter_map(|(_, key)| key).collect();
-                settle::upsert_keys(txn, &mut keys, now).await?;
-                let mut requeued = 0;
-                for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                    let mut update = Query::update();
-                    update
-                        .table(Entity)
-                        .value(Column::Status, Status::Pending.as_str())
-                        .value(Column::Attempts, 0)
-                        .value(Column::AvailableAt, now)
-                        .value(Column::LockedBy, Value::String(None))
-                        .value(Column::LockedUntil, Value::ChronoDateTimeUtc(None))
-                        .value(Column::UpdatedAt, now)
-                        .and_where(Column::Status.eq(Status::Dead.as_str()))
-                        .and_where(Column::Id.is_in(chunk.iter().copied()));
-                    requeued += txn.execute(&update).await?.rows_affected();
-                    let mut free = Query::update();
-                    free.table(Alias::new(keys::TABLE))
-                        .value(Alias::new("held_by"), Value::BigInt(None))
-                        .and_where(Expr::col(Alias::new("held_by")).is_in(chunk.iter().copied()));
-                    txn.execute(&free).await?;
-                }
-                settle::refresh(txn, &keys).await?;
-                Ok::<_, TxError>(requeued)
+    let mut requeued = 0;
+    for (key, ids) in &by_key {
+        requeued += store
+            .retrying(|| {
+                store.transaction("requeue dead outbox records", async |txn| {
+                    let now = crate::clock::now(txn, offset).await?;
+                    let mut keys: Vec<String> = key.iter().cloned().collect();
+                    settle::upsert_keys(txn, &mut keys, now).await?;
+                    let mut requeued = 0;
+                    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                        let mut update = Query::update();
+                        update
+                            .table(Entity)
+                            .value(Column::Status, Status::Pending.as_str())
+                            .value(Column::Attempts, 0)
+                            .value(Column::AvailableAt, now)
+                            .value(Column::LockedBy, Value::String(None))
+                            .value(Column::LockedUntil, Value::ChronoDateTimeUtc(None))
+                            .value(Column::UpdatedAt, now)
+                            .and_where(Column::Status.eq(Status::Dead.as_str()))
+                            .and_where(Column::Id.is_in(chunk.iter().copied()));
+                        requeued += txn.execute(&update).await?.rows_affected();
+                        let mut free = Query::update();
+                        free.table(Alias::new(keys::TABLE))
+                            .value(Alias::new("held_by"), Value::BigInt(None))
+                            .and_where(
+                                Expr::col(Alias::new("held_by")).is_in(chunk.iter().copied()),
+                            );
+                        txn.execute(&free).await?;
+                    }
+                    settle::refresh(txn, &keys).await?;
+                    Ok::<_, TxError>(requeued)
+                })
             })
-        })
-        .await
+            .await?;
+    }
+    Ok(requeued)
 }
 
 /// Ids per statement of a requeue.
@@ -142,7 +160,7 @@ const IDS_PER_STATEMENT: usize = 10_000;
 /// The dead record `id` (or every dead record that passes a filter), with
 /// its key.
 async fn dead_records(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     which: Which<'_>,
 ) -> Result<Vec<(i64, Option<String>)>, TxError> {
     let mut select = Query::select();
@@ -259,22 +277,32 @@ pub(super) async fn purge_published_batch(
         .await
 }
 
-/// Deletes the keys left idle, `batch_size` per statement; then registers
-/// the keys of pending records that another client inserted into the table
-/// without one (a scan of the pending records).
+/// Deletes the keys left idle, `batch_size` per transaction; then
+/// registers the keys of pending records that another client inserted into
+/// the table without one (a scan of the pending records). Keys a
+/// transaction holds (a writer enqueueing for them) are passed over, never
+/// waited for.
 pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), Error> {
     let backend = store.backend();
     let limit = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
     loop {
-        let statement = keys::delete_idle(backend, limit);
-        let deleted = store
+        let found = store
             .retrying(|| {
                 store.transaction("delete idle outbox keys", async |txn| {
-                    Ok::<_, TxError>(txn.execute_raw(statement.clone()).await?.rows_affected())
+                    let keys: Vec<String> = txn
+                        .query_all_raw(keys::idle_keys(backend, limit))
+                        .await?
+                        .iter()
+                        .map(|row| row.try_get("", "partition_key"))
+                        .collect::<Result<_, _>>()?;
+                    if !keys.is_empty() {
+                        txn.execute_raw(keys::delete_keys(backend, &keys)).await?;
+                    }
+                    Ok::<_, TxError>(keys.len())
                 })
             })
             .await?;
-        if deleted < limit as u64 {
+        if found < limit as usize {
             break;
         }
     }
@@ -283,8 +311,17 @@ pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), E
         .retrying(|| {
             store.transaction("register the keys of pending outbox records", async |txn| {
                 let now = crate::clock::now(txn, offset).await?;
-                for statement in keys::repair(txn.get_database_backend(), now) {
-                    txn.execute_raw(statement).await?;
+                txn.execute_raw(keys::register_missing(backend, now))
+                    .await?;
+                let idle: Vec<String> = txn
+                    .query_all_raw(keys::idle_with_records(backend))
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get("", "partition_key"))
+                    .collect::<Result<_, _>>()?;
+                for chunk in idle.chunks(IDS_PER_STATEMENT) {
+                    txn.execute_raw(keys::ready_now(backend, chunk, now))
+                        .await?;
                 }
                 Ok::<_, TxError>(())
             })
@@ -412,6 +449,6 @@ WHERE status = 'dead' AND partition_key IS NOT NULL",
         ),
         ("stats", stats_statement(backend, now)),
         ("stats by topic", topic_stats_statement(backend)),
-        ("delete idle keys", keys::delete_idle(backend, 1000)),
+        ("find idle keys", keys::idle_keys(backend, 1000)),
     ]
 }

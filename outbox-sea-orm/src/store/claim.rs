@@ -57,6 +57,8 @@ const PER_STATEMENT: usize = 10_000;
 /// Rounds of reading keys' records: the first shares the batch evenly,
 /// the later ones give what is left to keys that have more.
 const ROUNDS: usize = 3;
+/// Stale keys (see `settle`) a claim refreshes first, at most.
+const STALE_KEYS_PER_CLAIM: usize = 1_000;
 
 /// The columns of `outbox`, qualified with `alias`.
 fn columns(alias: &str) -> String {
@@ -309,11 +311,27 @@ pub(super) async fn claim(
     }
     let backend = store.backend();
     let offset = store.clock_offset();
-    store
+    // Keys a settlement passed over while a writer held them, refreshed
+    // first (those still held are passed over again), so that their next
+    // records are claimable as soon as the writer is done.
+    let stale = store.stale_keys().take(STALE_KEYS_PER_CLAIM);
+    let result = store
         .retrying(|| {
             store.transaction("claim outbox records", async |txn| {
                 let now = crate::clock::now(txn, offset).await?;
                 let limit = request.limit;
+                let still_busy = if stale.is_empty() {
+                    Vec::new()
+                } else {
+                    let free = super::settle::lock_free(txn, &stale).await?;
+                    let free_keys: Vec<String> = free.iter().cloned().collect();
+                    super::settle::refresh(txn, &free_keys).await?;
+                    stale
+                        .iter()
+                        .filter(|key| !free.contains(*key))
+                        .cloned()
+                        .collect()
+                };
 
                 let keys: Vec<String> = txn
                     .query_all_raw(ready_keys(backend, now, limit))
@@ -424,10 +442,20 @@ pub(super) async fn claim(
                         "outbox rows that cannot be read were moved to dead letters"
                     );
                 }
-                Ok::<_, TxError>(claimed)
+                Ok::<_, TxError>((claimed, still_busy))
             })
         })
-        .await
+        .await;
+    match result {
+        Ok((claimed, still_busy)) => {
+            store.stale_keys().add(still_busy);
+            Ok(claimed)
+        }
+        Err(error) => {
+            store.stale_keys().add(stale);
+            Err(error)
+        }
+    }
 }
 
 /// The first available records of each key, at most `limit` in all,

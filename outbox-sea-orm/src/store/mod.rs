@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use outbox_core::{
     ClaimRequest, DeadFilter, NewRecord, OutboxAdmin, OutboxRecord, OutboxStats, OutboxStore,
-    RecordRef, Settlement, StoreError,
+    RecordRef, Settled, Settlement, StoreError,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -73,6 +73,8 @@ pub struct SeaOrmStore {
     /// Microseconds added to the database's clock: zero, except in tests
     /// that move time forward (feature `testkit`).
     offset: Arc<AtomicI64>,
+    /// Keys a settlement passed over while a writer held them.
+    stale: settle::StaleKeys,
 }
 
 impl SeaOrmStore {
@@ -81,7 +83,12 @@ impl SeaOrmStore {
         Self {
             db,
             offset: Arc::default(),
+            stale: settle::StaleKeys::default(),
         }
+    }
+
+    fn stale_keys(&self) -> &settle::StaleKeys {
+        &self.stale
     }
 
     fn clock_offset(&self) -> TimeDelta {
@@ -266,8 +273,17 @@ impl OutboxStore for SeaOrmStore {
         Ok(claim::claim(self, request).await?)
     }
 
-    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<Settled, StoreError> {
         Ok(settle::settle(self, owner, settlement).await?)
+    }
+
+    async fn renew(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        lease: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        Ok(settle::renew(self, owner, ids, lease).await?)
     }
 }
 
@@ -315,11 +331,49 @@ impl OutboxAdmin for SeaOrmStore {
     }
 }
 
-/// The store conformance suite moves time forward on the store's clock.
+/// The store conformance suite moves time forward on the store's clock,
+/// and leaves writers' transactions open.
 #[cfg(feature = "testkit")]
+#[async_trait]
 impl outbox_core::testkit::TestStore for SeaOrmStore {
     fn advance_clock(&self, by: std::time::Duration) {
         let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
         self.offset.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    async fn begin_write(
+        &self,
+        records: &[NewRecord],
+    ) -> Result<Option<Box<dyn outbox_core::testkit::OpenTransaction>>, StoreError> {
+        if self.backend() == DbBackend::Sqlite {
+            return Ok(None);
+        }
+        let txn = match TransactionTrait::begin(&self.db).await {
+            Ok(txn) => txn,
+            Err(error) => {
+                return Err(self
+                    .fail("begin a writer's transaction", error)
+                    .await
+                    .into());
+            }
+        };
+        crate::enqueue::write(&txn, records, self.clock_offset(), &txn, Mode::Transaction).await?;
+        Ok(Some(Box::new(OpenTransaction(txn))))
+    }
+}
+
+/// A writer's transaction left open, for the conformance suite.
+#[cfg(feature = "testkit")]
+#[derive(Debug)]
+struct OpenTransaction(DatabaseTransaction);
+
+#[cfg(feature = "testkit")]
+#[async_trait]
+impl outbox_core::testkit::OpenTransaction for OpenTransaction {
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.0
+            .commit()
+            .await
+            .map_err(|error| StoreError::retriable(error.to_string()))
     }
 }

@@ -3,16 +3,31 @@
 //! under the claim's token, and clears the lease; a kind of outcome is one
 //! statement (a `CASE` on `id` where the values differ per record).
 //!
-//! Before the rows change, the transaction upserts their keys in
-//! `outbox_keys` (waiting for a writer that is enqueueing for one of them
-//! to commit); after, it refreshes those keys from the rows, so each key's
-//! `next_at` is again its first pending record's `available_at`: the end
-//! of a lease still running, a retry's time, or now for a released one.
+//! The settlement never waits for a business transaction. It locks the
+//! records' keys in `outbox_keys` with `FOR UPDATE SKIP LOCKED`: a key a
+//! writer holds (it enqueued for the key and has not committed) is *busy*
+//! and passed over. The records of every key change all the same (a
+//! writer never locks existing records); then the keys the settlement
+//! locked are refreshed from their rows, so each key's `next_at` is again
+//! its first pending record's `available_at`: the end of a lease still
+//! running, a retry's time, or now for a released one. A busy key keeps
+//! the `next_at` its claim gave it, the lease's end, and is remembered
+//! ([`StaleKeys`]): the next claim refreshes it once the writer is done,
+//! so its next records wait for the writer and at most one lease. Only a
+//! dead letter that must hold a busy key cannot be written without it: it
+//! is deferred (left pending, still leased) for the relay to settle again.
+//!
+//! SQLite has no row locks: a writer holds the whole database, and every
+//! statement of the relay waits for it (SQLite's busy timeout), then fails
+//! with `SQLITE_BUSY`, which the relay tries again.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
-use outbox_core::{Settlement, Status};
+use outbox_core::{DeadLetter, Settled, Settlement, Status};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Query, UpdateStatement};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, Value};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, Value};
 
 use super::{SeaOrmStore, TxError};
 use crate::entity::{Column, Entity};
@@ -68,8 +83,14 @@ fn failed_attempt(
     update
 }
 
-/// The row statements of a settlement at `now`.
-fn statements(owner: &str, now: DateTime<Utc>, settlement: &Settlement) -> Vec<UpdateStatement> {
+/// The row statements of a settlement at `now`, but for the dead letters
+/// in `deferred`.
+fn statements(
+    owner: &str,
+    now: DateTime<Utc>,
+    settlement: &Settlement,
+    deferred: &HashSet<i64>,
+) -> Vec<UpdateStatement> {
     let mut statements = Vec::new();
     for chunk in settlement.published.chunks(IDS_PER_STATEMENT) {
         let mut update = leased_update(owner, now, chunk.iter().copied());
@@ -91,7 +112,12 @@ fn statements(owner: &str, now: DateTime<Utc>, settlement: &Settlement) -> Vec<U
             );
         statements.push(update);
     }
-    for chunk in settlement.dead.chunks(CASES_PER_STATEMENT) {
+    let dead: Vec<&DeadLetter> = settlement
+        .dead
+        .iter()
+        .filter(|dead| !deferred.contains(&dead.id))
+        .collect();
+    for chunk in dead.chunks(CASES_PER_STATEMENT) {
         let mut update = failed_attempt(owner, now, chunk.iter().map(|d| d.id));
         update
             .value(
@@ -109,17 +135,91 @@ fn statements(owner: &str, now: DateTime<Utc>, settlement: &Settlement) -> Vec<U
     statements
 }
 
-/// Applies a settlement; returns how many records changed.
-pub(super) async fn settle(
+/// Extends the leases of `ids` still leased under `owner` to `lease` from
+/// now: `locked_until`, and an unkeyed record's `available_at`, which is
+/// its lease (keys' `next_at` stay: a claim that reads a key whose first
+/// record is still leased refreshes the key from it).
+pub(super) async fn renew(
     store: &SeaOrmStore,
     owner: &str,
-    settlement: &Settlement,
+    ids: &[i64],
+    lease: std::time::Duration,
 ) -> Result<u64, Error> {
-    if settlement.is_empty() {
+    if ids.is_empty() {
         return Ok(0);
     }
     let offset = store.clock_offset();
     store
+        .transaction("renew the leases of outbox records", async |txn| {
+            let now = crate::clock::now(txn, offset).await?;
+            let until = crate::clock::later(now, lease);
+            let mut renewed = 0;
+            for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                let mut update = Query::update();
+                update
+                    .table(Entity)
+                    .value(Column::LockedUntil, until)
+                    .value(
+                        Column::AvailableAt,
+                        Expr::case(Column::PartitionKey.is_null(), until)
+                            .finally(Expr::col(Column::AvailableAt)),
+                    )
+                    .value(Column::UpdatedAt, now)
+                    .and_where(Column::Status.eq(Status::Pending.as_str()))
+                    .and_where(Column::LockedBy.eq(owner))
+                    .and_where(Column::Id.is_in(chunk.iter().copied()));
+                renewed += txn.execute(&update).await?.rows_affected();
+            }
+            Ok::<_, TxError>(renewed)
+        })
+        .await
+}
+
+/// Keys a settlement could not lock (a writer held them), whose `next_at`
+/// may be later than their first record's: the next claim refreshes them
+/// once they are free. Shared by a store's clones; a process that stops
+/// forgets them, and the keys then wait for the lease their claim gave
+/// them, as before the settlement.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StaleKeys(Arc<Mutex<BTreeSet<String>>>);
+
+/// The most stale keys remembered: beyond that, keys wait for their lease.
+const MAX_STALE_KEYS: usize = 100_000;
+
+impl StaleKeys {
+    pub(crate) fn add(&self, keys: impl IntoIterator<Item = String>) {
+        let mut stale = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            if stale.len() >= MAX_STALE_KEYS {
+                break;
+            }
+            stale.insert(key);
+        }
+    }
+
+    /// Takes up to `limit` of them.
+    pub(crate) fn take(&self, limit: usize) -> Vec<String> {
+        let mut stale = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken: Vec<String> = stale.iter().take(limit).cloned().collect();
+        for key in &taken {
+            stale.remove(key);
+        }
+        taken
+    }
+}
+
+/// Applies a settlement; returns how many records changed and which dead
+/// letters wait for their key.
+pub(super) async fn settle(
+    store: &SeaOrmStore,
+    owner: &str,
+    settlement: &Settlement,
+) -> Result<Settled, Error> {
+    if settlement.is_empty() {
+        return Ok(Settled::default());
+    }
+    let offset = store.clock_offset();
+    let (settled, busy) = store
         .retrying(|| {
             store.transaction("settle outbox records", async |txn| {
                 let now = crate::clock::now(txn, offset).await?;
@@ -130,38 +230,64 @@ pub(super) async fn settle(
                     .chain(settlement.retries.iter().map(|r| r.id))
                     .chain(settlement.dead.iter().map(|d| d.id))
                     .chain(settlement.released.iter().copied());
-                let keys = lock_keys(txn, owner, now, ids).await?;
+                let keys_of = leased_keys(txn, owner, ids).await?;
+                let mut keys: Vec<String> = keys_of.values().cloned().collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let locked = lock_free(txn, &keys).await?;
+                let busy: Vec<String> = keys
+                    .iter()
+                    .filter(|key| !locked.contains(*key))
+                    .cloned()
+                    .collect();
+                let deferred: HashSet<i64> = settlement
+                    .dead
+                    .iter()
+                    .filter(|dead| {
+                        dead.holds_key
+                            && keys_of
+                                .get(&dead.id)
+                                .is_some_and(|key| !locked.contains(key))
+                    })
+                    .map(|dead| dead.id)
+                    .collect();
                 let mut changed = 0;
-                for statement in statements(owner, now, settlement) {
+                for statement in statements(owner, now, settlement, &deferred) {
                     changed += txn.execute(&statement).await?.rows_affected();
                 }
                 let backend = txn.get_database_backend();
-                for dead in settlement.dead.iter().filter(|d| d.holds_key) {
+                for dead in settlement
+                    .dead
+                    .iter()
+                    .filter(|d| d.holds_key && !deferred.contains(&d.id))
+                {
                     txn.execute_raw(keys::hold(backend, dead.id)).await?;
                 }
-                refresh(txn, &keys).await?;
-                Ok::<_, TxError>(changed)
+                let locked: Vec<String> = locked.into_iter().collect();
+                refresh(txn, &locked).await?;
+                let mut deferred: Vec<i64> = deferred.into_iter().collect();
+                deferred.sort_unstable();
+                Ok::<_, TxError>((Settled { changed, deferred }, busy))
             })
         })
-        .await
+        .await?;
+    store.stale_keys().add(busy);
+    Ok(settled)
 }
 
-/// Locks (creating it if it is missing) the `outbox_keys` row of every key
-/// among `ids` that are leased under `owner`, in key order; returns the
-/// keys.
-pub(super) async fn lock_keys(
+/// The keys of the records among `ids` still leased under `owner`, by id.
+async fn leased_keys(
     txn: &DatabaseTransaction,
     owner: &str,
-    now: DateTime<Utc>,
     ids: impl Iterator<Item = i64>,
-) -> Result<Vec<String>, TxError> {
+) -> Result<HashMap<i64, String>, TxError> {
     let ids: Vec<i64> = ids.collect();
     let backend = txn.get_database_backend();
-    let mut keys: Vec<String> = Vec::new();
+    let mut keys = HashMap::new();
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
         let statement = render(
             backend,
-            "SELECT DISTINCT partition_key FROM outbox
+            "SELECT id, partition_key FROM outbox
 WHERE id IN (:ids) AND locked_by = :owner AND partition_key IS NOT NULL",
             &[
                 ("ids", Param::list(chunk.iter().copied())),
@@ -169,14 +295,41 @@ WHERE id IN (:ids) AND locked_by = :owner AND partition_key IS NOT NULL",
             ],
         );
         for row in txn.query_all_raw(statement).await? {
-            keys.push(row.try_get("", "partition_key")?);
+            keys.insert(row.try_get("", "id")?, row.try_get("", "partition_key")?);
         }
     }
-    upsert_keys(txn, &mut keys, now).await?;
     Ok(keys)
 }
 
-/// Sorts, deduplicates and upserts `keys`, which locks their rows.
+/// Locks the rows of `keys` that no other transaction holds, without
+/// waiting (`FOR UPDATE SKIP LOCKED`), and returns those keys. SQLite has
+/// no row locks: the transaction holds the database, so every key.
+pub(super) async fn lock_free(
+    txn: &DatabaseTransaction,
+    keys: &[String],
+) -> Result<HashSet<String>, TxError> {
+    let backend = txn.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        return Ok(keys.iter().cloned().collect());
+    }
+    let mut locked = HashSet::new();
+    for chunk in keys.chunks(IDS_PER_STATEMENT) {
+        let statement = render(
+            backend,
+            "SELECT partition_key FROM outbox_keys WHERE partition_key IN (:keys)
+FOR UPDATE SKIP LOCKED",
+            &[("keys", Param::list(chunk.iter().cloned()))],
+        );
+        for row in txn.query_all_raw(statement).await? {
+            locked.insert(row.try_get("", "partition_key")?);
+        }
+    }
+    Ok(locked)
+}
+
+/// Sorts, deduplicates and upserts `keys`, which locks their rows,
+/// waiting for a writer that holds one: for the operators' commands, which
+/// lock one key per transaction.
 pub(super) async fn upsert_keys(
     txn: &DatabaseTransaction,
     keys: &mut Vec<String>,
@@ -232,7 +385,7 @@ mod tests {
             ],
             ..Settlement::default()
         };
-        let statements = statements("relay-1#1", now, &settlement);
+        let statements = statements("relay-1#1", now, &settlement, &HashSet::new());
         assert_eq!(statements.len(), 2);
         for backend in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
             for statement in &statements {

@@ -80,6 +80,15 @@ pub enum Problem {
         /// How many records its settle changed.
         changed: u64,
     },
+    /// A relay's batch never finished: it waited for something that only
+    /// the next turn brings, such as a writer's transaction that holds a
+    /// key (the relay must never wait for a business transaction).
+    Hung {
+        /// The relay.
+        relay: String,
+        /// Its last step.
+        last_step: String,
+    },
     /// Every event arrived, but the store still holds records as pending.
     Stuck {
         /// How many.
@@ -171,6 +180,11 @@ impl fmt::Display for Problem {
                 "claim {token} settled after its lease ran out and its records were taken \
                  over, and the store changed {changed} records; expected a stale claim's \
                  settle to change nothing"
+            ),
+            Problem::Hung { relay, last_step } => write!(
+                f,
+                "relay {relay}'s batch never finished (its last step: {last_step}); expected a \
+                 relay that never waits for a writer's open transaction"
             ),
             Problem::Stuck { pending } => write!(
                 f,

@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::schedule::{Fault, History};
+use crate::testkit::{OpenTransaction, TestStore};
 use crate::{
-    Backoff, ClaimRequest, NewRecord, OutboxRecord, OutboxStore, Outcome, Settlement, Sink,
-    StoreError,
+    Backoff, ClaimRequest, NewRecord, OutboxRecord, OutboxStore, Outcome, Settled, Settlement,
+    Sink, StoreError,
 };
 
 /// The relays' lease: long enough that no wall-clock delay ends it; only
@@ -63,16 +64,21 @@ pub enum Defect {
     /// not how many it changed, so a stale claim seems to change records:
     /// [`Problem::StaleSettle`](super::Problem::StaleSettle).
     StoreCountsRequestedSettles,
+    /// The store's settle waits until no writer's transaction is open, as
+    /// a settlement that locks its keys and waits for each would:
+    /// [`Problem::Hung`](super::Problem::Hung).
+    StoreWaitsForWriters,
 }
 
 impl Defect {
     /// Every defect.
-    pub const ALL: [Defect; 5] = [
+    pub const ALL: [Defect; 6] = [
         Defect::SinkIgnoresFailedKeys,
         Defect::StoreLosesARecord,
         Defect::StoreKeepsRolledBackRecords,
         Defect::StoreIgnoresLeases,
         Defect::StoreCountsRequestedSettles,
+        Defect::StoreWaitsForWriters,
     ];
 }
 
@@ -174,6 +180,21 @@ pub(super) struct RunState {
     /// Under [`Defect::StoreIgnoresLeases`]: the records claims returned
     /// and have not settled, with the claim's token.
     pub(super) unsettled: BTreeMap<i64, (String, OutboxRecord)>,
+    /// Held events whose writers open after the next claim: index and
+    /// record.
+    pub(super) to_open: Vec<(usize, usize, NewRecord)>,
+    /// Writers' transactions open, with their events' indexes and the
+    /// wave they commit with.
+    pub(super) open: Vec<(usize, usize, OpenWriter)>,
+}
+
+/// A writer's transaction held open across a relay turn.
+pub(super) struct OpenWriter(pub(super) Box<dyn OpenTransaction>);
+
+impl fmt::Debug for OpenWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OpenWriter")
+    }
 }
 
 impl RunState {
@@ -237,8 +258,9 @@ impl Shared {
     }
 
     /// Notes a step, then returns at once, or never (the fault is a crash
-    /// at this step), or once the driver releases the stall.
-    async fn step(&self, token: &str, kind: StepKind) {
+    /// at this step), or once the driver releases the stall; returns
+    /// whether the step is to fail (the fault is a failure at this step).
+    async fn step(&self, token: &str, kind: StepKind) -> bool {
         let stop = {
             let mut state = self.lock();
             let number = state.steps.len();
@@ -248,15 +270,21 @@ impl Shared {
             if kind.is_store_step() {
                 state.store_steps.push(number);
             }
-            let stop = state.fault.and_then(|f| f.step()) == Some(number);
-            if stop {
+            let here = state.fault.and_then(|f| f.step()) == Some(number);
+            if here {
                 state.fault_hit = true;
+            }
+            if here && matches!(state.fault, Some(Fault::Fail { .. })) {
+                state.note(format!("{token} step {number} fails (injected)"));
+                return true;
+            }
+            if here {
                 state.tripped = Some(Trip {
                     token: token.to_owned(),
                     kind,
                 });
             }
-            stop
+            here
         };
         if stop {
             // A crash is never released: the driver drops the relay's
@@ -270,7 +298,13 @@ impl Shared {
             })
             .await;
         }
+        false
     }
+}
+
+/// The error of a store step the fault fails.
+fn injected(what: &str) -> StoreError {
+    StoreError::retriable(format!("injected failure: {what}"))
 }
 
 /// The relay id in a claim token (`r1#2` is relay `r1`'s second claim).
@@ -291,8 +325,45 @@ impl<S> GatedStore<S> {
     }
 }
 
+impl<S: TestStore> GatedStore<S> {
+    /// Opens the writers of the held events due after this claim.
+    async fn open_writers(&self) -> Result<(), StoreError> {
+        let due = std::mem::take(&mut self.shared.lock().to_open);
+        for (index, commit_with, record) in due {
+            let label = self.shared.lock().labels[index].clone();
+            let Some(open) = self.inner.begin_write(&[record]).await? else {
+                return Err(StoreError::permanent(
+                    "this store cannot hold a writer's transaction open (its writers take \
+                     turns for the whole database), so it cannot run held events",
+                ));
+            };
+            let mut state = self.shared.lock();
+            state.note(format!("{label}'s writer opens, holding its key"));
+            state.open.push((index, commit_with, OpenWriter(open)));
+        }
+        Ok(())
+    }
+
+    /// Under [`Defect::StoreWaitsForWriters`], waits until no writer's
+    /// transaction is open.
+    async fn wait_for_writers(&self) {
+        std::future::poll_fn(|cx| {
+            let state = self.shared.lock();
+            if state.defect != Some(Defect::StoreWaitsForWriters) || state.open.is_empty() {
+                Poll::Ready(())
+            } else {
+                // Never woken: the writers commit only when the driver
+                // moves on, which it does not while this batch runs.
+                let _ = cx;
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
 #[async_trait]
-impl<S: OutboxStore> OutboxStore for GatedStore<S> {
+impl<S: TestStore> OutboxStore for GatedStore<S> {
     async fn enqueue(&self, records: &[NewRecord]) -> Result<(), StoreError> {
         let kept: Vec<NewRecord> = {
             let mut state = self.shared.lock();
@@ -309,7 +380,9 @@ impl<S: OutboxStore> OutboxStore for GatedStore<S> {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<OutboxRecord>, StoreError> {
-        let mut records = self.inner.claim(request).await?;
+        let claimed = self.inner.claim(request).await;
+        self.open_writers().await?;
+        let mut records = claimed?;
         if self.shared.lock().defect == Some(Defect::StoreIgnoresLeases) {
             let mut state = self.shared.lock();
             for record in &records {
@@ -340,23 +413,36 @@ impl<S: OutboxStore> OutboxStore for GatedStore<S> {
             let labels: Vec<String> = records.iter().map(|r| state.label(r.event_id)).collect();
             labels.join(" ")
         };
-        self.shared
+        if self
+            .shared
             .step(&request.owner, StepKind::Claimed(labels))
-            .await;
+            .await
+        {
+            return Err(injected("the claim's answer was lost"));
+        }
         Ok(records)
     }
 
-    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<u64, StoreError> {
+    async fn renew(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
+        self.inner.renew(owner, ids, lease).await
+    }
+
+    async fn settle(&self, owner: &str, settlement: &Settlement) -> Result<Settled, StoreError> {
         let description = self.shared.lock().describe(settlement);
-        self.shared
+        if self
+            .shared
             .step(owner, StepKind::Settling(description))
-            .await;
+            .await
+        {
+            return Err(injected("the settlement was refused"));
+        }
+        self.wait_for_writers().await;
         let mut result = self.inner.settle(owner, settlement).await;
         let answer = {
             let mut state = self.shared.lock();
             match state.defect {
                 Some(Defect::StoreCountsRequestedSettles) => {
-                    result = result.map(|_| settlement.len() as u64);
+                    result = result.map(|_| Settled::changed(settlement.len() as u64));
                 }
                 Some(Defect::StoreIgnoresLeases) => {
                     let ids = settlement.published.iter().copied().chain(
@@ -378,9 +464,9 @@ impl<S: OutboxStore> OutboxStore for GatedStore<S> {
             }
             let stale = state.stale.as_deref() == Some(owner);
             match &result {
-                Ok(changed) if stale => {
-                    if *changed > 0 {
-                        state.stale_changes.push(*changed);
+                Ok(settled) if stale => {
+                    if settled.changed > 0 {
+                        state.stale_changes.push(settled.changed);
                     }
                 }
                 Ok(_) => {
@@ -393,11 +479,19 @@ impl<S: OutboxStore> OutboxStore for GatedStore<S> {
                 Err(_) => {}
             }
             match &result {
-                Ok(changed) => format!("{changed} of {} changed", settlement.len()),
+                Ok(settled) if !settled.deferred.is_empty() => format!(
+                    "{} of {} changed, {} deferred",
+                    settled.changed,
+                    settlement.len(),
+                    settled.deferred.len()
+                ),
+                Ok(settled) => format!("{} of {} changed", settled.changed, settlement.len()),
                 Err(error) => format!("failed: {error}"),
             }
         };
-        self.shared.step(owner, StepKind::Settled(answer)).await;
+        if self.shared.step(owner, StepKind::Settled(answer)).await {
+            return Err(injected("the settlement was applied, its answer lost"));
+        }
         result
     }
 }

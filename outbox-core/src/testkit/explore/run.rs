@@ -5,14 +5,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use chrono::Utc;
 use uuid::Uuid;
 
 use super::check::Problem;
 use super::harness::{
-    Defect, FixedBackoff, GatedStore, IDLE_ADVANCE, LEASE, RecordingSink, RunState, Shared,
-    StepKind,
+    Defect, FixedBackoff, GatedStore, IDLE_ADVANCE, LEASE, OpenWriter, RecordingSink, RunState,
+    Shared, StepKind,
 };
 use super::schedule::{Fault, Schedule};
 use crate::testkit::TestStore;
@@ -92,14 +93,28 @@ struct Driver<'a, S: TestStore> {
     batches: usize,
 }
 
-/// Polls a batch until it finishes, or until the fault stops its relay.
-async fn drive(shared: &Shared, batch: &mut Batch) -> Option<Result<RunReport, Error>> {
-    std::future::poll_fn(|cx| match batch.as_mut().poll(cx) {
+/// How long a batch may take, on the explorer's paused clock, before it
+/// counts as hung: far more than its settlements' pauses add up to.
+const HUNG_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Polls a batch until it finishes, or until the fault stops its relay;
+/// a batch that never finishes is [`Problem::Hung`].
+async fn drive(
+    shared: &Shared,
+    relay: &str,
+    batch: &mut Batch,
+) -> Result<Option<Result<RunReport, Error>>, Problem> {
+    let polled = std::future::poll_fn(|cx| match batch.as_mut().poll(cx) {
         Poll::Ready(result) => Poll::Ready(Some(result)),
         Poll::Pending if shared.lock().tripped.is_some() => Poll::Ready(None),
         Poll::Pending => Poll::Pending,
-    })
-    .await
+    });
+    tokio::time::timeout(HUNG_AFTER, polled)
+        .await
+        .map_err(|_| Problem::Hung {
+            relay: relay.to_owned(),
+            last_step: shared.lock().steps.last().cloned().unwrap_or_default(),
+        })
 }
 
 impl<S: TestStore> Driver<'_, S> {
@@ -140,13 +155,21 @@ impl<S: TestStore> Driver<'_, S> {
         Ok(stats.pending)
     }
 
-    /// Commits (or rolls back) the events of wave `wave`, one transaction
-    /// each, in order.
+    /// Commits (or rolls back) the writers held open that are due, then the
+    /// events of wave `wave`, one transaction each, in order; a held
+    /// event's writer is left to open after the turn's claim.
     async fn commit_wave(&self, wave: usize) -> Result<(), Problem> {
-        for (index, event) in self.schedule.history.events.iter().enumerate() {
+        self.end_writers(|_, commit_with| commit_with <= wave)
+            .await?;
+        let events = &self.schedule.history.events;
+        for (index, event) in events.iter().enumerate() {
             if event.wave != wave {
                 continue;
             }
+            // A writer of a key an open writer holds waits for it: the
+            // open one ends first.
+            self.end_writers(|held, _| events[held].key == event.key)
+                .await?;
             let now = Utc::now();
             let record = NewRecord {
                 event_id: Uuid::now_v7(),
@@ -162,8 +185,14 @@ impl<S: TestStore> Driver<'_, S> {
             let keeps_rollbacks = {
                 let mut state = self.shared.lock();
                 state.events.insert(record.event_id, index);
+                if event.held {
+                    state.to_open.push((index, wave + 2, record.clone()));
+                }
                 state.defect == Some(Defect::StoreKeepsRolledBackRecords)
             };
+            if event.held {
+                continue;
+            }
             if event.rolled_back {
                 self.note(format!("roll back {}", event.label()));
                 if !keeps_rollbacks {
@@ -179,6 +208,45 @@ impl<S: TestStore> Driver<'_, S> {
         Ok(())
     }
 
+    /// Commits (or rolls back) the open writers that `ends` picks, given
+    /// each one's event and the wave it is due to commit with.
+    async fn end_writers(&self, ends: impl Fn(usize, usize) -> bool) -> Result<(), Problem> {
+        let ending: Vec<(usize, OpenWriter)> = {
+            let mut state = self.shared.lock();
+            let (ending, open) = std::mem::take(&mut state.open)
+                .into_iter()
+                .partition(|(index, commit_with, _)| ends(*index, *commit_with));
+            state.open = open;
+            ending
+                .into_iter()
+                .map(|(index, _, writer)| (index, writer))
+                .collect()
+        };
+        for (index, writer) in ending {
+            let event = &self.schedule.history.events[index];
+            let keeps_rollbacks =
+                self.shared.lock().defect == Some(Defect::StoreKeepsRolledBackRecords);
+            if event.rolled_back && !keeps_rollbacks {
+                drop(writer);
+                self.note(format!(
+                    "roll back {} (its writer held its key)",
+                    event.label()
+                ));
+                continue;
+            }
+            writer
+                .0
+                .commit()
+                .await
+                .map_err(|error| Problem::Store(format!("commit failed: {error}")))?;
+            self.note(format!(
+                "commit {} (its writer held its key)",
+                event.label()
+            ));
+        }
+        Ok(())
+    }
+
     /// One turn of the relay in `slot`: one `run_once`, after committing
     /// the wave due.
     async fn turn(&mut self, slot: usize) -> Result<Turn, Problem> {
@@ -188,7 +256,7 @@ impl<S: TestStore> Driver<'_, S> {
         let relay = self.relays[slot].clone();
         let id = relay.relay_id().to_owned();
         let mut batch: Batch = Box::pin(async move { relay.run_once().await });
-        match drive(&self.shared, &mut batch).await {
+        match drive(&self.shared, &id, &mut batch).await? {
             Some(Ok(report)) => {
                 if report.claimed == 0 {
                     self.note(format!("{id} found nothing to claim"));
@@ -282,7 +350,7 @@ impl<S: TestStore> Driver<'_, S> {
         }
         self.note(format!("{id} resumes"));
         self.shared.lock().released = true;
-        match drive(&self.shared, &mut batch).await {
+        match drive(&self.shared, &id, &mut batch).await? {
             Some(Ok(_)) => {}
             Some(Err(error)) => self.note(format!("{id} batch failed: {error}")),
             None => unreachable!("a schedule has one fault"),

@@ -19,6 +19,11 @@ pub(super) struct Event {
     pub(super) wave: usize,
     /// Attempted but never committed, so never enqueued.
     pub(super) rolled_back: bool,
+    /// Its writer's transaction holds its key across relay steps: it
+    /// opens (enqueueing the event, holding the key) right after the claim
+    /// of turn `wave`, so over that batch's settlements and the whole next
+    /// turn, and commits (or rolls back) just before turn `wave + 2`.
+    pub(super) held: bool,
     /// The offers (1 for the first time the sink is handed the record) on
     /// which the destination fails it, retriably.
     pub(super) fails_on: Vec<u32>,
@@ -37,6 +42,9 @@ impl fmt::Display for Event {
             f.write_str("~")?;
         }
         write!(f, "{}{}", self.key, self.ordinal)?;
+        if self.held {
+            f.write_str("^")?;
+        }
         for offer in &self.fails_on {
             write!(f, "!{offer}")?;
         }
@@ -53,8 +61,12 @@ impl fmt::Display for Event {
 /// `|` starts the next commit wave (wave `w` commits just before the
 /// relays' turn `w`, so wave 0 before the first claim and later waves
 /// between batches); `~` marks an event whose transaction rolled back;
-/// `!n` makes the destination fail the event, retriably, the `n`th time
-/// the sink is handed it.
+/// `^` an event whose writer holds its key across relay steps (it
+/// enqueues right after the turn's claim, in a transaction left open over
+/// that batch's settlements and the next turn, until just before the turn
+/// after; the last event of its key in its wave); `!n`
+/// makes the destination fail the event, retriably, the `n`th time the
+/// sink is handed it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct History {
     pub(super) events: Vec<Event>,
@@ -77,9 +89,19 @@ impl History {
         self.batch_size
     }
 
-    /// How many commit waves it has (the last wave's number, plus 1).
+    /// How many commit waves it has (the last wave's number, plus 1; a
+    /// held event commits two waves later).
     pub(super) fn waves(&self) -> usize {
-        self.events.iter().map(|e| e.wave + 1).max().unwrap_or(0)
+        self.events
+            .iter()
+            .map(|e| e.wave + 1 + 2 * usize::from(e.held))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How many of its events hold their key across a turn.
+    pub fn held(&self) -> usize {
+        self.events.iter().filter(|e| e.held).count()
     }
 
     /// A history of events with keys `keys` (0 for `a`), the `rollback`th
@@ -90,6 +112,7 @@ impl History {
         rollback: Option<usize>,
         split: Split,
         failures: Failures,
+        held: Held,
         batch_size: usize,
     ) -> Self {
         let mut ranks = [0; 26];
@@ -103,10 +126,16 @@ impl History {
                     ordinal: ranks[key],
                     wave: split.wave(index, keys.len()),
                     rolled_back: rollback == Some(index),
+                    held: false,
                     fails_on: Vec::new(),
                 }
             })
             .collect();
+        if let Held::LastOfFirstWave = held
+            && let Some(last) = events.iter().rposition(|e| e.wave == 0)
+        {
+            events[last].held = true;
+        }
         let committed: Vec<usize> = (0..events.len())
             .filter(|&i| !events[i].rolled_back)
             .collect();
@@ -165,6 +194,14 @@ pub enum Fault {
         /// The step after which the relay crashes.
         step: usize,
     },
+    /// The store step `step` (a claim or a settle) fails with a retriable
+    /// error: before the store applies it when the step is a settle about
+    /// to be sent, after it applied it (the answer lost) when the step is a
+    /// claim or an applied settle. The relay goes on. Printed `fail@5`.
+    Fail {
+        /// The store step that fails.
+        step: usize,
+    },
     /// The relay that takes step `step` (a store step, when enumerated)
     /// stalls right after it, alive. With `takeover`, its lease runs out
     /// and the other relay runs alone until nothing is pending, taking its
@@ -185,7 +222,7 @@ impl Fault {
     pub fn step(&self) -> Option<usize> {
         match *self {
             Fault::None => None,
-            Fault::Crash { step } | Fault::Stall { step, .. } => Some(step),
+            Fault::Crash { step } | Fault::Fail { step } | Fault::Stall { step, .. } => Some(step),
         }
     }
 }
@@ -195,6 +232,7 @@ impl fmt::Display for Fault {
         match *self {
             Fault::None => f.write_str("clean"),
             Fault::Crash { step } => write!(f, "crash@{step}"),
+            Fault::Fail { step } => write!(f, "fail@{step}"),
             Fault::Stall { step, takeover } => {
                 let then = if takeover { "takeover" } else { "interleave" };
                 write!(f, "stall@{step}+{then}")
@@ -296,6 +334,10 @@ fn parse_events(text: &str) -> Result<Vec<Event>, ParseScheduleError> {
         };
         let mut pieces = rest.split('!');
         let name = pieces.next().unwrap_or_default();
+        let (name, held) = match name.strip_suffix('^') {
+            Some(name) => (name, true),
+            None => (name, false),
+        };
         let mut chars = name.chars();
         let key = chars
             .next()
@@ -314,11 +356,21 @@ fn parse_events(text: &str) -> Result<Vec<Event>, ParseScheduleError> {
             .map(|offer| offer.parse::<u32>().ok().filter(|&n| n > 0))
             .collect::<Option<Vec<u32>>>()
             .ok_or_else(|| invalid(format!("event `{token}`: `!n` needs a number n ≥ 1")))?;
+        if let Some(holder) = events
+            .iter()
+            .find(|e: &&Event| e.held && e.key == key && e.wave == wave)
+        {
+            return Err(invalid(format!(
+                "event `{token}` follows `{holder}` of its key in its wave: a held event is the \
+                 last of its key in its wave"
+            )));
+        }
         events.push(Event {
             key,
             ordinal: ranks[slot],
             wave,
             rolled_back,
+            held,
             fails_on,
         });
     }
@@ -334,7 +386,7 @@ impl FromStr for Fault {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
             invalid(format!(
-                "expected the fault `clean`, `crash@N`, `stall@N+takeover` or \
+                "expected the fault `clean`, `crash@N`, `fail@N`, `stall@N+takeover` or \
                  `stall@N+interleave`, got `{s}`"
             ))
         };
@@ -344,6 +396,10 @@ impl FromStr for Fault {
         if let Some(step) = s.strip_prefix("crash@") {
             let step = step.parse().map_err(|_| bad())?;
             return Ok(Fault::Crash { step });
+        }
+        if let Some(step) = s.strip_prefix("fail@") {
+            let step = step.parse().map_err(|_| bad())?;
+            return Ok(Fault::Fail { step });
         }
         let rest = s.strip_prefix("stall@").ok_or_else(bad)?;
         let (step, then) = rest.split_once('+').ok_or_else(bad)?;
@@ -392,6 +448,16 @@ enum Failures {
     Several,
 }
 
+/// Which event's writer holds its key across a relay turn.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// None.
+    None,
+    /// The last event of the first wave: it enqueues right after the
+    /// first claim and commits before the third turn.
+    LastOfFirstWave,
+}
+
 /// What a [`Size`] enumerates: every combination of these.
 struct Dimensions {
     /// Events per history.
@@ -400,6 +466,7 @@ struct Dimensions {
     keys: RangeInclusive<usize>,
     splits: &'static [Split],
     failures: &'static [Failures],
+    held: &'static [Held],
     batch_sizes: &'static [usize],
 }
 
@@ -411,6 +478,7 @@ impl Size {
                 keys: 2..=3,
                 splits: &[Split::Together, Split::Halves],
                 failures: &[Failures::None, Failures::FirstOnce],
+                held: &[Held::None, Held::LastOfFirstWave],
                 batch_sizes: &[2],
             },
             Size::Large => Dimensions {
@@ -418,6 +486,7 @@ impl Size {
                 keys: 2..=3,
                 splits: &[Split::Together, Split::Halves, Split::Thirds],
                 failures: &[Failures::None, Failures::FirstOnce, Failures::Several],
+                held: &[Held::None, Held::LastOfFirstWave],
                 batch_sizes: &[2, 3],
             },
         }
@@ -426,7 +495,7 @@ impl Size {
 
 /// Every history of `size`: each way to give its events keys (up to
 /// renaming the keys), times no rollback or each event rolled back, times
-/// each commit split, failure plan and batch size.
+/// each commit split, failure plan, held writer and batch size.
 pub(super) fn histories(size: Size) -> Vec<History> {
     let dims = size.dimensions();
     let mut histories = Vec::new();
@@ -435,9 +504,12 @@ pub(super) fn histories(size: Size) -> Vec<History> {
             for rollback in std::iter::once(None).chain((0..len).map(Some)) {
                 for &split in dims.splits {
                     for &failures in dims.failures {
-                        for &batch_size in dims.batch_sizes {
-                            histories
-                                .push(History::build(&keys, rollback, split, failures, batch_size));
+                        for &held in dims.held {
+                            for &batch_size in dims.batch_sizes {
+                                histories.push(History::build(
+                                    &keys, rollback, split, failures, held, batch_size,
+                                ));
+                            }
                         }
                     }
                 }
@@ -479,8 +551,11 @@ mod tests {
         // 15 + 25, S(6,2) + S(6,3) = 31 + 90.
         assert_eq!(key_patterns(4, &(2..=2)).len(), 7);
         assert_eq!(key_patterns(4, &(2..=3)).len(), 13);
-        assert_eq!(histories(Size::Small).len(), 13 * 5 * 2 * 2);
-        assert_eq!(histories(Size::Large).len(), (40 * 6 + 121 * 7) * 3 * 3 * 2);
+        assert_eq!(histories(Size::Small).len(), 13 * 5 * 2 * 2 * 2);
+        assert_eq!(
+            histories(Size::Large).len(),
+            (40 * 6 + 121 * 7) * 3 * 3 * 2 * 2
+        );
         assert_eq!(key_patterns(5, &(2..=3)).len(), 40);
         assert_eq!(key_patterns(6, &(2..=3)).len(), 121);
     }
@@ -491,6 +566,7 @@ mod tests {
             for fault in [
                 Fault::None,
                 Fault::Crash { step: 7 },
+                Fault::Fail { step: 5 },
                 Fault::Stall {
                     step: 3,
                     takeover: true,
@@ -511,6 +587,15 @@ mod tests {
         assert_eq!(parsed.history.waves(), 3);
         assert_eq!(parsed.history.committed(), 3);
         assert_eq!(parsed.history.events[2].fails_on, vec![1, 2]);
+        let parsed: Schedule = "a1 b1^ | ~a2^!1; batch=2; fail@3".parse().unwrap();
+        assert_eq!(parsed.history.held(), 2);
+        assert_eq!(
+            parsed.history.waves(),
+            4,
+            "the last held event commits in a fourth"
+        );
+        assert!(parsed.history.events[2].rolled_back && parsed.history.events[2].held);
+        assert_eq!(parsed.fault, Fault::Fail { step: 3 });
     }
 
     #[test]
@@ -524,6 +609,7 @@ mod tests {
             (" ; batch=1; clean", "at least one event"),
             ("a1; batch=1; crash", "the fault"),
             ("a1; batch=1; stall@1+later", "the fault"),
+            ("a1^ a2; batch=1; clean", "last of its key in its wave"),
         ] {
             let error = text.parse::<Schedule>().unwrap_err().to_string();
             assert!(error.contains(needle), "{text}: {error}");
