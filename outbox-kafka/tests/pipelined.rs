@@ -546,3 +546,155 @@ async fn a_batch_larger_than_the_producer_queue_waits_for_room() {
     assert_eq!(messages.len(), records.len());
     assert_first_copies_in_order(&records, &messages);
 }
+
+/// An in-memory store whose first settlement takes `stall`, as one that
+/// waits on a busy database would.
+#[derive(Clone)]
+struct StallingStore {
+    inner: outbox_core::InMemoryStore,
+    stall: Duration,
+    stalled: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl outbox_core::OutboxStore for StallingStore {
+    async fn enqueue(
+        &self,
+        records: &[outbox_core::NewRecord],
+    ) -> Result<(), outbox_core::StoreError> {
+        self.inner.enqueue(records).await
+    }
+
+    async fn claim(
+        &self,
+        request: &outbox_core::ClaimRequest,
+    ) -> Result<Vec<OutboxRecord>, outbox_core::StoreError> {
+        self.inner.claim(request).await
+    }
+
+    async fn settle(
+        &self,
+        owner: &str,
+        settlement: &outbox_core::Settlement,
+    ) -> Result<outbox_core::Settled, outbox_core::StoreError> {
+        if !self.stalled.swap(true, Ordering::SeqCst) {
+            tokio::time::sleep(self.stall).await;
+        }
+        self.inner.settle(owner, settlement).await
+    }
+
+    async fn renew(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64, outbox_core::StoreError> {
+        self.inner.renew(owner, ids, lease).await
+    }
+}
+
+/// While the relay's settlement waits on the store (here 3 s), the sink
+/// is still driven: with a partition's leader down, its purge fires
+/// before librdkafka
+/// would time records out on its own (which may fail a key's earlier
+/// records and write its later ones), so the records of that partition
+/// fail by the sink's purge, not by librdkafka's timeout; no
+/// record is delivered after an earlier one of its key failed, and the
+/// topic holds each key's first copies in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_settlement_leaves_the_sink_its_purges() {
+    let kafka = TestKafka::start();
+    let Some(mock) = kafka.faults("a_stalled_settlement_leaves_the_sink_its_purges") else {
+        return;
+    };
+    let topic = kafka.topic(3).await;
+    for partition in 0..3 {
+        mock.partition_leader(&topic, partition, Some(partition + 1))
+            .unwrap();
+    }
+    let records = interleaved_orders(&topic, 6, 100);
+    let mut config = kafka.config();
+    config
+        .set("message.timeout.ms", "1000")
+        .set("reconnect.backoff.max.ms", "200");
+    let sink = KafkaSink::new(config).unwrap();
+    assert!(sink.is_pipelined());
+    publish_until_delivered(&sink, records[..1].to_vec(), Duration::from_secs(30)).await;
+    let memory = outbox_core::InMemoryStore::new();
+    let new: Vec<outbox_core::NewRecord> = records[1..]
+        .iter()
+        .map(|r| outbox_core::NewRecord {
+            event_id: r.event_id,
+            topic: r.topic.clone(),
+            key: r.key.clone(),
+            event_type: r.event_type.clone(),
+            schema_version: r.schema_version,
+            payload: r.payload.clone(),
+            headers: r.headers.clone(),
+            created_at: r.created_at,
+            available_at: r.available_at,
+        })
+        .collect();
+    outbox_core::OutboxStore::enqueue(&memory, &new)
+        .await
+        .unwrap();
+    let store = StallingStore {
+        inner: memory.clone(),
+        stall: Duration::from_secs(3),
+        stalled: Arc::default(),
+    };
+    // The leader of one partition of three is down: its records wait in
+    // the producer, the others' are delivered and settled at once.
+    mock.broker_down(2).unwrap();
+    let relay = outbox_core::Relay::builder(store, sink.clone())
+        .backoff(
+            outbox_core::ExponentialBackoff::new(
+                Duration::from_millis(200),
+                Duration::from_millis(500),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = relay.run(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    let watching = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let failed: Vec<OutboxRecord> = memory
+            .records_with_status(outbox_core::Status::Pending)
+            .into_iter()
+            .filter(|r| r.last_error.is_some())
+            .collect();
+        mock.broker_up(2).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while memory
+            .records_with_status(outbox_core::Status::Published)
+            .len()
+            < new.len()
+        {
+            assert!(Instant::now() < deadline, "not all published in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.send_replace(true);
+        failed
+    };
+    let ((), failed) = tokio::join!(running, watching);
+    assert!(
+        !failed.is_empty(),
+        "no record waited for the broker that was down"
+    );
+    for record in &failed {
+        let error = record.last_error.as_deref().unwrap_or_default();
+        assert!(
+            !error.contains("MessageTimedOut") && error.contains("PurgeQueue"),
+            "record {} failed by librdkafka's own timeout, not the sink's purge: {error}",
+            record.id
+        );
+    }
+    assert_eq!(sink.order_gaps(), 0);
+    let messages = kafka.read_topic(&topic, 3).await;
+    assert_first_copies_in_order(&records, &messages);
+}
