@@ -45,6 +45,7 @@ mod writers;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
@@ -77,6 +78,9 @@ struct Inner {
     /// Committed events in the order they were recorded: right after their
     /// commit returned, so close to commit order across keys.
     recorded: Vec<Uuid>,
+    /// How long each writer's transaction took, begin to commit, and what
+    /// it was.
+    took: Vec<(Duration, Wait)>,
 }
 
 /// What was committed and rolled back; clones share it.
@@ -112,6 +116,51 @@ impl fmt::Display for Counts {
             write!(f, ", held {}", self.held)?;
         }
         Ok(())
+    }
+}
+
+/// What a writer's transaction was, for [`Ledger::took`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// It held its keys long on purpose.
+    Long,
+    /// It wrote a key that a long transaction held when it began: it
+    /// waits for that one, as writers of one key do.
+    Behind,
+    /// Any other: it should wait for nothing.
+    Other,
+}
+
+/// How long the writers' transactions took ([`Ledger::waits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// Transactions of keys no long transaction held.
+    pub transactions: usize,
+    /// Transactions that held their keys long on purpose.
+    pub long: usize,
+    /// Transactions that wrote a key a long one held.
+    pub behind: usize,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// The longest.
+    pub max: Duration,
+}
+
+impl fmt::Display for Waits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "writers of other keys: {} transactions, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+             (beside {} held long on purpose and {} behind them on their keys)",
+            self.transactions,
+            self.p50.as_secs_f64() * 1000.0,
+            self.p99.as_secs_f64() * 1000.0,
+            self.max.as_secs_f64() * 1000.0,
+            self.long,
+            self.behind
+        )
     }
 }
 
@@ -238,6 +287,40 @@ impl Ledger {
         let mut inner = self.lock();
         inner.committed.insert(event_id, entry);
         inner.recorded.push(event_id);
+    }
+
+    /// Records how long a writer's transaction took, begin to commit (or
+    /// rollback), and what it was.
+    pub fn took(&self, duration: Duration, wait: Wait) {
+        self.lock().took.push((duration, wait));
+    }
+
+    /// How long the writers' transactions took, those of keys no long
+    /// transaction held: what the outbox made them wait.
+    pub fn waits(&self) -> Waits {
+        let inner = self.lock();
+        let mut times: Vec<Duration> = inner
+            .took
+            .iter()
+            .filter(|(_, wait)| *wait == Wait::Other)
+            .map(|(took, _)| *took)
+            .collect();
+        times.sort_unstable();
+        let at = |q: f64| {
+            times
+                .get(((times.len().saturating_sub(1)) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        let count = |kind: Wait| inner.took.iter().filter(|(_, wait)| *wait == kind).count();
+        Waits {
+            transactions: times.len(),
+            long: count(Wait::Long),
+            behind: count(Wait::Behind),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: times.last().copied().unwrap_or_default(),
+        }
     }
 
     /// Records a rolled-back event.
@@ -399,7 +482,12 @@ impl Ledger {
     pub fn assert_holds(&self, log: &[Delivered], scenario: &str, faults: &str) -> Counts {
         match self.check(log) {
             Ok(counts) => {
-                println!("{scenario}: {counts}, {faults}");
+                let waits = self.waits();
+                if waits.transactions > 0 {
+                    println!("{scenario}: {counts}, {faults}; {waits}");
+                } else {
+                    println!("{scenario}: {counts}, {faults}");
+                }
                 counts
             }
             Err(violation) => {

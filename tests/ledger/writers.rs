@@ -11,7 +11,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outbox_core::{NewRecord, OutboxEvent};
 use sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::Ledger;
+use super::{Ledger, Wait};
 
 const ACCOUNTS: &str = "ledger_accounts";
 const MOVES: &str = "ledger_moves";
@@ -88,14 +88,19 @@ pub struct WriterPlan {
     /// How long a transaction waits, in milliseconds, between its enqueue
     /// and its commit: ids then commit out of order across keys.
     pub hold_ms: Range<u64>,
+    /// One transaction in `.0` holds its keys for `.1` (longer than a
+    /// relay's lease) between its enqueue and its commit, as a business
+    /// transaction with a slow call in its middle does.
+    pub long_hold: Option<(u32, Duration)>,
     /// The pause between two transactions of a writer.
     pub pause: Duration,
 }
 
 impl WriterPlan {
     /// Four writers over `keys` keys until finished, one transaction in
-    /// six rolled back, one in four with two keys, a business lock, no hold,
-    /// 5 ms between transactions.
+    /// six rolled back, one in four with two keys, a business lock, no hold
+    /// but one transaction in 40 holding its keys 1.5 s (longer than the
+    /// scenarios' leases), 5 ms between transactions.
     pub fn new(topic: &str, keys: usize) -> Self {
         Self {
             topic: topic.to_owned(),
@@ -106,6 +111,7 @@ impl WriterPlan {
             two_keys_one_in: 4,
             order: CommitOrder::BusinessLock,
             hold_ms: 0..1,
+            long_hold: Some((40, Duration::from_millis(1500))),
             pause: Duration::from_millis(5),
         }
     }
@@ -118,12 +124,21 @@ pub struct Writers {
     tasks: Vec<JoinHandle<u64>>,
 }
 
+/// A transaction others may wait for on its keys: its keys, when it began
+/// and, once ended, when it ended.
+type Blocker = (Vec<String>, Instant, Option<Instant>);
+
 struct Shared {
     db: DatabaseConnection,
     ledger: Ledger,
     plan: WriterPlan,
     commit_lock: tokio::sync::Mutex<()>,
     commits: AtomicU64,
+    /// The transactions that made others wait on their keys: the long
+    /// ones and those that waited behind one (a writer of two keys that
+    /// waits for one holds the other meanwhile): their keys, when they
+    /// began and, once ended, when they ended.
+    long: std::sync::Mutex<Vec<Blocker>>,
 }
 
 impl Writers {
@@ -141,6 +156,7 @@ impl Writers {
             plan,
             commit_lock: tokio::sync::Mutex::new(()),
             commits: AtomicU64::new(0),
+            long: std::sync::Mutex::default(),
         });
         let tasks = (0..shared.plan.writers)
             .map(|writer| tokio::spawn(write(Arc::clone(&shared), writer, stopped.clone())))
@@ -206,6 +222,52 @@ async fn transaction(
     rollback: bool,
 ) -> Result<(), DbErr> {
     let plan = &shared.plan;
+    let long = plan
+        .long_hold
+        .filter(|(one_in, _)| rand::random_range(0..Ord::max(*one_in, 1)) == 0)
+        .map(|(_, hold)| hold);
+    let started = Instant::now();
+    let slot = long.map(|_| {
+        let mut all = shared.long.lock().expect("long transactions");
+        all.push((keys.to_vec(), started, None));
+        all.len() - 1
+    });
+    let result = transaction_body(shared, writer, sequence, keys, rollback, long).await;
+    let ended = Instant::now();
+    let wait = {
+        let mut all = shared.long.lock().expect("long transactions");
+        match slot {
+            Some(slot) => {
+                all[slot].2 = Some(ended);
+                Wait::Long
+            }
+            // Behind a long transaction when one held a key of this one
+            // while this one ran, or one that waited behind one did.
+            None if all.iter().any(|(held, began, end)| {
+                *began < ended
+                    && end.is_none_or(|end| end > started)
+                    && held.iter().any(|key| keys.contains(key))
+            }) =>
+            {
+                all.push((keys.to_vec(), started, Some(ended)));
+                Wait::Behind
+            }
+            None => Wait::Other,
+        }
+    };
+    shared.ledger.took(ended - started, wait);
+    result
+}
+
+async fn transaction_body(
+    shared: &Shared,
+    writer: u32,
+    sequence: u64,
+    keys: &[String],
+    rollback: bool,
+    long: Option<Duration>,
+) -> Result<(), DbErr> {
+    let plan = &shared.plan;
     let txn = shared.db.begin().await?;
     let mut events: Vec<(Uuid, String, u64)> = Vec::new();
     let written = async {
@@ -235,8 +297,10 @@ async fn transaction(
         let hold = rand::random_range(
             plan.hold_ms.start..Ord::max(plan.hold_ms.end, plan.hold_ms.start + 1),
         );
-        if hold > 0 {
-            tokio::time::sleep(Duration::from_millis(hold)).await;
+        match long {
+            Some(long) => tokio::time::sleep(long).await,
+            None if hold > 0 => tokio::time::sleep(Duration::from_millis(hold)).await,
+            None => {}
         }
         Ok::<_, DbErr>(())
     }

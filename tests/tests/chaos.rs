@@ -76,8 +76,18 @@ impl Scenario {
         self.db.store()
     }
 
+    /// The writers' plan: on SQLite, whose one writer at a time holds the
+    /// whole database, without the transactions that hold their keys long
+    /// (they would hold up every writer and relay, by SQLite's design).
     fn plan(&self) -> WriterPlan {
-        WriterPlan::new(&self.topic, self.keys)
+        let plan = WriterPlan::new(&self.topic, self.keys);
+        match self.db.backend {
+            Backend::SqliteFile | Backend::SqliteMemory => WriterPlan {
+                long_hold: None,
+                ..plan
+            },
+            _ => plan,
+        }
     }
 
     fn writers(&self, plan: WriterPlan) -> Writers {
