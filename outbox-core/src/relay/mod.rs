@@ -399,7 +399,24 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
             done: &done,
         };
         let settling = self.settle_batch(&batch, leased_at, patient, &mut in_flight);
-        let ((), result) = tokio::join!(publish, settling);
+        // Side by side, each polled only when woken (as `join!` would not:
+        // it polls both on every delivery report), so a settlement waiting
+        // on the database costs nothing per report, and the sink nothing
+        // per settlement.
+        let mut parts: FuturesUnordered<Pin<Box<dyn Future<Output = Part> + Send + '_>>> =
+            FuturesUnordered::new();
+        parts.push(Box::pin(async {
+            publish.await;
+            Part::Published
+        }));
+        parts.push(Box::pin(async { Part::Settled(settling.await) }));
+        let mut result = None;
+        while let Some(part) = parts.next().await {
+            if let Part::Settled(settled) = part {
+                result = Some(settled);
+            }
+        }
+        let result = result.expect("the settling part ends the batch");
         if let Ok(totals) = &result {
             span.record("delivered", totals.published);
         }
@@ -676,6 +693,14 @@ struct Claimed {
     /// When the claim started: its lease lasts at least until then plus
     /// the lease (the store counts from a later moment).
     leased_at: Instant,
+}
+
+/// A part of a batch's delivery that ended.
+enum Part {
+    /// The sink's publish returned.
+    Published,
+    /// Every record is settled, or the batch gave up.
+    Settled(Result<RunReport, Error>),
 }
 
 /// A batch being delivered, as its settlements see it.

@@ -152,6 +152,8 @@ pub(super) struct RunState {
     pub(super) fault_hit: bool,
     /// Lets a stalled relay go on.
     pub(super) released: bool,
+    /// Wakes the stalled relay's step when it is released.
+    pub(super) stalled: Option<std::task::Waker>,
     /// The claim whose lease was taken over while it stalled.
     pub(super) stale: Option<String>,
     /// Settles by the stale claim that changed records.
@@ -289,10 +291,12 @@ impl Shared {
         if stop {
             // A crash is never released: the driver drops the relay's
             // future, and with it this one.
-            std::future::poll_fn(|_| {
-                if self.lock().released {
+            std::future::poll_fn(|cx| {
+                let mut state = self.lock();
+                if state.released {
                     Poll::Ready(())
                 } else {
+                    state.stalled = Some(cx.waker().clone());
                     Poll::Pending
                 }
             })

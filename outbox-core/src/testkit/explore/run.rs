@@ -349,7 +349,14 @@ impl<S: TestStore> Driver<'_, S> {
             }
         }
         self.note(format!("{id} resumes"));
-        self.shared.lock().released = true;
+        let stalled = {
+            let mut state = self.shared.lock();
+            state.released = true;
+            state.stalled.take()
+        };
+        if let Some(waker) = stalled {
+            waker.wake();
+        }
         match drive(&self.shared, &id, &mut batch).await? {
             Some(Ok(_)) => {}
             Some(Err(error)) => self.note(format!("{id} batch failed: {error}")),
