@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::{
+use outbox_engine::{
     ClaimRequest, NewRecord, OutboxRecord, OutboxStore, Outcome, Relay, Settled, Settlement, Sink,
     StoreError,
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Subcommand};
-use outbox_core::{DeadFilter, OutboxAdmin, OutboxRecord, OutboxStats, RecordRef, Status};
+use outbox_engine::{DeadFilter, OutboxAdmin, OutboxRecord, OutboxStats, RecordRef, Status};
 use outbox_sea_orm::SeaOrmStore;
 use serde_json::{Value, json};
 

@@ -63,7 +63,7 @@ pub(crate) trait StoreContext<T> {
     fn doing(self, what: &'static str) -> anyhow::Result<T>;
 }
 
-impl<T> StoreContext<T> for Result<T, outbox_core::StoreError> {
+impl<T> StoreContext<T> for Result<T, outbox_engine::StoreError> {
     fn doing(self, what: &'static str) -> anyhow::Result<T> {
         self.map_err(anyhow::Error::new).context(what)
     }

@@ -14,8 +14,8 @@ use axum::routing::get;
 use chrono::Utc;
 use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use outbox_core::{OutboxAdmin, Relay};
-use outbox_kafka::KafkaSink;
+use outbox_engine::{OutboxAdmin, Relay};
+use outbox_rdkafka::KafkaSink;
 use outbox_sea_orm::SeaOrmStore;
 use tokio::sync::watch;
 
@@ -132,7 +132,7 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
         Some(_) => Some(install_prometheus()?),
         None => None,
     };
-    outbox_core::describe_metrics();
+    outbox_engine::describe_metrics();
     let relay_id = args.relay_id.clone().unwrap_or_else(default_relay_id);
     let mut builder = Relay::builder(store.clone(), sink)
         .relay_id(relay_id)
@@ -289,7 +289,7 @@ async fn drained(store: &SeaOrmStore, until_empty: bool, every: Duration) {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(
-                error = %outbox_core::error_chain(&error),
+                error = %outbox_engine::error_chain(&error),
                 "cannot count the pending records; trying again"
             ),
         }
@@ -327,8 +327,8 @@ async fn serve<St, Si>(
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>>
 where
-    St: OutboxAdmin + outbox_core::OutboxStore + 'static,
-    Si: outbox_core::Sink + 'static,
+    St: OutboxAdmin + outbox_engine::OutboxStore + 'static,
+    Si: outbox_engine::Sink + 'static,
 {
     let app = Router::new()
         .route("/metrics", get(move || async move { handle.render() }))

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 use clap::{Args, Subcommand};
-use outbox_core::OutboxAdmin;
+use outbox_engine::OutboxAdmin;
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
 

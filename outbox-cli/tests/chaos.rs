@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{Backend, TestDb};
-use outbox_core::OutboxAdmin;
+use outbox_engine::OutboxAdmin;
 use outbox_tests::ledger::{Kafka, Ledger, WriterPlan, Writers};
 
 /// How many times the relay is killed.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
 use common::{Backend, TestDb};
-use outbox_core::{DeadLetter, NewRecord, OutboxAdmin, OutboxEvent, OutboxStore, Status};
-use outbox_kafka::decode_message;
+use outbox_engine::{DeadLetter, NewRecord, OutboxAdmin, OutboxEvent, OutboxStore, Status};
+use outbox_rdkafka::decode_message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -129,7 +129,7 @@ async fn seed(db: &TestDb) -> Vec<i64> {
         }),
     ];
     store.enqueue(&records).await.unwrap();
-    let claim = outbox_core::ClaimRequest {
+    let claim = outbox_engine::ClaimRequest {
         owner: "seed".to_owned(),
         limit: 2,
         lease: Duration::from_secs(30),

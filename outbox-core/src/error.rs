@@ -1,4 +1,4 @@
-//! The errors of `outbox-core`.
+//! The errors of `outbox-engine`.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -6,7 +6,7 @@ use std::fmt;
 /// A boxed error, the currency of adapters' failures.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// Everything that can go wrong in `outbox-core`.
+/// Everything that can go wrong in `outbox-engine`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

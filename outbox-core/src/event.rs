@@ -15,7 +15,7 @@ use crate::Error;
 /// deserializes back into the concrete struct:
 ///
 /// ```
-/// use outbox_core::OutboxEvent;
+/// use outbox_engine::OutboxEvent;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]

@@ -10,7 +10,7 @@
 //! - [`OutboxStore`] (enqueue, claim, [`Settlement`]) and [`OutboxAdmin`]
 //!   (list, requeue and discard dead records, purge, stats): what a
 //!   database adapter implements (`outbox-sea-orm`).
-//! - [`Sink`]: what a transport implements (`outbox-kafka`, `outbox-nats`),
+//! - [`Sink`]: what a transport implements (`outbox-rdkafka`, `outbox-nats`),
 //!   built on [`publish_by_key`], which keeps the per-key rules given a
 //!   function that sends one record; [`sink_fn`] makes a whole sink of such
 //!   a function.
@@ -22,7 +22,7 @@
 //! - [`InMemoryStore`] and [`InMemorySink`]: for your tests.
 //!
 //! ```
-//! use outbox_core::{InMemorySink, InMemoryStore, NewRecord, OutboxEvent, OutboxStore, Relay};
+//! use outbox_engine::{InMemorySink, InMemoryStore, NewRecord, OutboxEvent, OutboxStore, Relay};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
@@ -30,7 +30,7 @@
 //! struct OrderPlaced { order_id: u64, total_cents: i64 }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), outbox_core::Error> {
+//! # async fn main() -> Result<(), outbox_engine::Error> {
 //! let store = InMemoryStore::new();
 //! let sink = InMemorySink::new();
 //! let event = OrderPlaced { order_id: 1, total_cents: 990 };

@@ -5,7 +5,7 @@
 //!
 //! ```ignore
 //! async fn store() -> Option<(MyStore, MyGuard)> { /* a fresh, empty store */ }
-//! outbox_core::store_conformance_tests!(store);
+//! outbox_engine::store_conformance_tests!(store);
 //! ```
 //!
 //! [`store_conformance_tests!`](crate::store_conformance_tests) expands to

@@ -1,9 +1,9 @@
 //! The in-memory store passes the store conformance suite.
 
-use outbox_core::InMemoryStore;
+use outbox_engine::InMemoryStore;
 
 async fn store() -> Option<(InMemoryStore, ())> {
     Some((InMemoryStore::new(), ()))
 }
 
-outbox_core::store_conformance_tests!(store);
+outbox_engine::store_conformance_tests!(store);

@@ -3,8 +3,8 @@
 //!
 //! `OUTBOX_EXPLORE_SIZE=large` explores the large size instead (minutes).
 
-use outbox_core::InMemoryStore;
-use outbox_core::testkit::explore::{Defect, Explorer, Fault, Problem, Schedule, Size, explore};
+use outbox_engine::InMemoryStore;
+use outbox_engine::testkit::explore::{Defect, Explorer, Fault, Problem, Schedule, Size, explore};
 
 #[test]
 fn every_schedule_keeps_the_promises() {

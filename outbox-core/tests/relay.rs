@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use outbox_core::{
+use outbox_engine::{
     ClaimRequest, DeadFilter, Error, ExponentialBackoff, FailureKind, InMemorySink, InMemoryStore,
     NewRecord, OutboxAdmin, OutboxEvent, OutboxRecord, OutboxStore, Relay, RunReport, Settlement,
     Status, StoreError,
@@ -54,7 +54,7 @@ fn relay(store: &InMemoryStore, sink: &InMemorySink) -> Relay<InMemoryStore, InM
 }
 
 /// Runs batches until `done` holds, failing after a few seconds.
-async fn run_until<St: OutboxStore, Si: outbox_core::Sink>(
+async fn run_until<St: OutboxStore, Si: outbox_engine::Sink>(
     relay: &Relay<St, Si>,
     done: impl Fn() -> bool,
 ) -> RunReport {
@@ -417,7 +417,7 @@ impl OutboxStore for BrokenStore {
             StoreError::permanent(error)
         })
     }
-    async fn settle(&self, _: &str, _: &Settlement) -> Result<outbox_core::Settled, StoreError> {
+    async fn settle(&self, _: &str, _: &Settlement) -> Result<outbox_engine::Settled, StoreError> {
         unreachable!()
     }
     async fn renew(&self, _: &str, _: &[i64], _: Duration) -> Result<u64, StoreError> {
@@ -462,7 +462,7 @@ async fn store_errors_show_in_the_status_and_never_stop_the_loop() {
 
 /// Runs batches, moving the store's clock forward a little each time, until
 /// `minutes` of store time have passed.
-async fn outage<St: OutboxStore, Si: outbox_core::Sink>(
+async fn outage<St: OutboxStore, Si: outbox_engine::Sink>(
     relay: &Relay<St, Si>,
     store: &InMemoryStore,
     minutes: u64,
@@ -567,7 +567,7 @@ async fn with_the_skip_policy_a_dead_record_lets_its_key_flow() {
     enqueue(&store, &[&step("k", 0), &step("k", 1), &step("k", 2)]).await;
     sink.fail_next(1, FailureKind::Permanent);
     let relay = Relay::builder(store.clone(), sink.clone())
-        .dead_key_policy(outbox_core::DeadKeyPolicy::Skip)
+        .dead_key_policy(outbox_engine::DeadKeyPolicy::Skip)
         .build()
         .unwrap();
     run_until(&relay, || sink.delivered().len() == 2).await;
@@ -602,22 +602,22 @@ impl SlowKeySink {
 }
 
 #[async_trait::async_trait]
-impl outbox_core::Sink for SlowKeySink {
-    async fn publish(&self, _: &[OutboxRecord]) -> Vec<outbox_core::Outcome> {
+impl outbox_engine::Sink for SlowKeySink {
+    async fn publish(&self, _: &[OutboxRecord]) -> Vec<outbox_engine::Outcome> {
         unreachable!("the relay streams outcomes")
     }
 
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
-        report: &(dyn Fn(usize, outbox_core::Outcome) + Send + Sync),
+        report: &(dyn Fn(usize, outbox_engine::Outcome) + Send + Sync),
     ) {
         let mut slow = Vec::new();
         for (index, record) in records.iter().enumerate() {
             if record.key.as_deref() == Some(self.slow_key) {
                 slow.push(index);
             } else {
-                report(index, outbox_core::Outcome::Delivered);
+                report(index, outbox_engine::Outcome::Delivered);
             }
         }
         let released = self.release.notified();
@@ -630,8 +630,8 @@ impl outbox_core::Sink for SlowKeySink {
             report(
                 index,
                 match self.outcome {
-                    FailureKind::Permanent => outbox_core::Outcome::permanent("slow and failed"),
-                    _ => outbox_core::Outcome::retriable("slow and failed"),
+                    FailureKind::Permanent => outbox_engine::Outcome::permanent("slow and failed"),
+                    _ => outbox_engine::Outcome::retriable("slow and failed"),
                 },
             );
         }
@@ -675,7 +675,10 @@ async fn delivered_records_are_marked_while_a_slow_record_is_in_flight() {
     );
 }
 
-fn relay_over<Si: outbox_core::Sink>(store: &InMemoryStore, sink: Si) -> Relay<InMemoryStore, Si> {
+fn relay_over<Si: outbox_engine::Sink>(
+    store: &InMemoryStore,
+    sink: Si,
+) -> Relay<InMemoryStore, Si> {
     Relay::builder(store.clone(), sink)
         .batch_size(100)
         .lease(Duration::from_secs(1))
@@ -844,15 +847,15 @@ struct Overlap {
 }
 
 #[async_trait::async_trait]
-impl outbox_core::Sink for OverlapSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<outbox_core::Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+impl outbox_engine::Sink for OverlapSink {
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<outbox_engine::Outcome> {
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
-        report: &(dyn Fn(usize, outbox_core::Outcome) + Send + Sync),
+        report: &(dyn Fn(usize, outbox_engine::Outcome) + Send + Sync),
     ) {
         let keys: Vec<String> = records.iter().filter_map(|r| r.key.clone()).collect();
         {

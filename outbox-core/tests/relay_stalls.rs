@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::testkit::record;
-use outbox_core::{
+use outbox_engine::testkit::record;
+use outbox_engine::{
     ClaimRequest, ExponentialBackoff, InMemorySink, InMemoryStore, NewRecord, OutboxRecord,
     OutboxStore, Outcome, Relay, Settled, Settlement, Sink, Status, StoreError,
 };
@@ -114,7 +114,7 @@ struct TimerSink {
 #[async_trait]
 impl Sink for TimerSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(
@@ -195,7 +195,7 @@ struct SlowKeysSink {
 #[async_trait]
 impl Sink for SlowKeysSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(
@@ -203,7 +203,7 @@ impl Sink for SlowKeysSink {
         records: &[OutboxRecord],
         report: &(dyn Fn(usize, Outcome) + Send + Sync),
     ) {
-        outbox_core::publish_by_key(records, report, |record| async move {
+        outbox_engine::publish_by_key(records, report, |record| async move {
             if record
                 .key
                 .as_deref()
@@ -335,7 +335,7 @@ struct SlowSink {
 #[async_trait]
 impl Sink for SlowSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(
@@ -355,7 +355,7 @@ impl Sink for SlowSink {
                 holders.insert(self.name.clone());
             }
         }
-        outbox_core::publish_by_key(records, report, |record| async move {
+        outbox_engine::publish_by_key(records, report, |record| async move {
             tokio::time::sleep(self.per_record).await;
             self.holders
                 .state
@@ -447,7 +447,7 @@ struct PipelinedSink {
 #[async_trait]
 impl Sink for PipelinedSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(

@@ -2,8 +2,8 @@
 //! catches sinks that break the contract.
 
 use async_trait::async_trait;
-use outbox_core::testkit::sink::{self as suite, Destination, Message};
-use outbox_core::{FailureKind, InMemorySink, OutboxRecord, Outcome, Sink, sink_fn};
+use outbox_engine::testkit::sink::{self as suite, Destination, Message};
+use outbox_engine::{FailureKind, InMemorySink, OutboxRecord, Outcome, Sink, sink_fn};
 
 const TOPIC: &str = "conformance";
 /// The in-memory sink fails every record of this topic for good.
@@ -51,7 +51,7 @@ async fn in_memory() -> Option<(InMemorySink, Delivered)> {
     Some(Delivered::new())
 }
 
-outbox_core::sink_conformance_tests!(in_memory);
+outbox_engine::sink_conformance_tests!(in_memory);
 
 /// A sink made with `sink_fn` over the in-memory sink, one record per call.
 mod from_a_function {
@@ -66,7 +66,7 @@ mod from_a_function {
         Some((sink, destination))
     }
 
-    outbox_core::sink_conformance_tests!(sink_fn_sink);
+    outbox_engine::sink_conformance_tests!(sink_fn_sink);
 }
 
 /// Sinks that each break one rule, over the in-memory sink: the suite must

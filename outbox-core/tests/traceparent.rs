@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use outbox_core::{NewRecord, OutboxEvent, TRACEPARENT, set_traceparent_source};
+use outbox_engine::{NewRecord, OutboxEvent, TRACEPARENT, set_traceparent_source};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, OutboxEvent)]

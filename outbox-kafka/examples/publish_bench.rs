@@ -1,7 +1,7 @@
 //! Publishing throughput of `KafkaSink`, batch by batch as the relay calls it.
 //!
 //! ```text
-//! cargo run --release -p outbox-kafka --example publish_bench -- \
+//! cargo run --release -p outbox-rdkafka --example publish_bench -- \
 //!     --records 100000 --batch 500 [--partitions 6] [--brokers host:port] \
 //!     [--rtt-ms N] [--set property=value]...
 //! ```
@@ -23,15 +23,15 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use outbox_core::{NewRecord, OutboxRecord, Outcome, Sink};
-use outbox_kafka::KafkaSink;
+use outbox_engine::{NewRecord, OutboxRecord, Outcome, Sink};
+use outbox_rdkafka::KafkaSink;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize, outbox_core::OutboxEvent)]
+#[derive(Debug, Serialize, Deserialize, outbox_engine::OutboxEvent)]
 #[outbox(topic = "bench", key = account, event_type = "bench.Transfer")]
 struct Transfer {
     account: String,

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use outbox_core::TypedEvent;
+use outbox_engine::TypedEvent;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -50,10 +50,10 @@ pub enum HandleError<E> {
 ///
 /// ```no_run
 /// # async fn example(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
-/// use outbox_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-/// use outbox_kafka::rdkafka::ClientConfig;
-/// use outbox_kafka::handle_message;
-/// # #[derive(Debug, serde::Serialize, serde::Deserialize, outbox_core::OutboxEvent)]
+/// use outbox_rdkafka::rdkafka::consumer::{Consumer, StreamConsumer};
+/// use outbox_rdkafka::rdkafka::ClientConfig;
+/// use outbox_rdkafka::handle_message;
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, outbox_engine::OutboxEvent)]
 /// # #[outbox(topic = "orders", key = order_id)]
 /// # struct OrderPlaced { order_id: u64, total_cents: i64 }
 ///

@@ -1,6 +1,6 @@
 //! The consumer's side: decoding a Kafka message published by the outbox.
 
-use outbox_core::{OutboxEvent, TypedEvent, decode, decode_as};
+use outbox_engine::{OutboxEvent, TypedEvent, decode, decode_as};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 use uuid::Uuid;
@@ -27,7 +27,7 @@ pub struct DecodedEvent {
 }
 
 /// Decodes a message published by the outbox into its event, whatever its
-/// type, using the `outbox-*` headers and [`outbox_core::decode`].
+/// type, using the `outbox-*` headers and [`outbox_engine::decode`].
 ///
 /// Works on any rdkafka [`Message`]: a consumer's `BorrowedMessage` or an
 /// `OwnedMessage`.
@@ -172,7 +172,7 @@ mod tests {
 
     use super::*;
 
-    #[derive(Debug, PartialEq, Serialize, Deserialize, outbox_core::OutboxEvent)]
+    #[derive(Debug, PartialEq, Serialize, Deserialize, outbox_engine::OutboxEvent)]
     #[outbox(topic = "unit", key = id, event_type = "decode.unit.Ping", version = 4)]
     struct Ping {
         id: u32,

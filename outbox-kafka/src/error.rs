@@ -9,7 +9,7 @@ use crate::classify::hint;
 
 /// Everything that can go wrong in `outbox-kafka`: building a
 /// [`KafkaSink`](crate::KafkaSink), publishing one record (inside an
-/// [`Outcome`](outbox_core::Outcome)), decoding a consumed message.
+/// [`Outcome`](outbox_engine::Outcome)), decoding a consumed message.
 ///
 /// Each message says what failed, on what input, and what to do; the cause
 /// is part of the message, so [`source`](std::error::Error::source) is
@@ -191,7 +191,7 @@ pub enum Error {
     #[error("{error} (message at {at})")]
     Decode {
         /// What `outbox-core` said.
-        error: outbox_core::Error,
+        error: outbox_engine::Error,
         /// Where the message is: topic, partition, offset.
         at: String,
     },

@@ -1,14 +1,14 @@
 //! The Kafka headers of an outbox message.
 
-use outbox_core::OutboxRecord;
+use outbox_engine::OutboxRecord;
 use rdkafka::message::{Header, OwnedHeaders};
 
-pub use outbox_core::sink::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER};
+pub use outbox_engine::sink::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER};
 
 /// Header holding the W3C trace context captured when the event was
 /// enqueued. It travels among the record's own headers; the name is here
 /// for consumers that continue the trace.
-pub const TRACEPARENT_HEADER: &str = outbox_core::TRACEPARENT;
+pub const TRACEPARENT_HEADER: &str = outbox_engine::TRACEPARENT;
 
 /// The CloudEvents attributes of the Kafka protocol binding, binary mode
 /// ([`KafkaSinkBuilder::cloud_events`](crate::KafkaSinkBuilder::cloud_events)).
@@ -25,7 +25,7 @@ pub const CE_TIME_HEADER: &str = "ce_time";
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 
 /// The headers of `record`'s message, as
-/// [`outbox_core::sink::message_headers`] orders them: the outbox's own
+/// [`outbox_engine::sink::message_headers`] orders them: the outbox's own
 /// three first, then the record's headers in name order, without any that
 /// reuse one of the outbox's names; with a CloudEvents source, the
 /// CloudEvents attributes after the outbox's own (a record's header of the
@@ -34,7 +34,7 @@ pub(crate) fn message_headers(
     record: &OutboxRecord,
     cloud_events_source: Option<&str>,
 ) -> OwnedHeaders {
-    let mut headers = outbox_core::sink::message_headers(record);
+    let mut headers = outbox_engine::sink::message_headers(record);
     if let Some(source) = cloud_events_source {
         let cloud = [
             (CE_SPECVERSION_HEADER, "1.0".to_owned()),
@@ -69,7 +69,7 @@ pub(crate) fn message_headers(
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use outbox_core::NewRecord;
+    use outbox_engine::NewRecord;
     use rdkafka::message::Headers;
     use uuid::Uuid;
 

@@ -1,9 +1,9 @@
-//! Kafka for the transactional outbox: a [`Sink`](outbox_core::Sink) that
+//! Kafka for the transactional outbox: a [`Sink`](outbox_engine::Sink) that
 //! publishes outbox records through rdkafka, and the consumer's side that
 //! decodes them.
 //!
 //! - [`KafkaSink`]: publishes each batch the relay claims, keeping per-key
-//!   order, and reports an [`Outcome`](outbox_core::Outcome) per record
+//!   order, and reports an [`Outcome`](outbox_engine::Outcome) per record
 //!   classified by rdkafka's error codes. With its default configuration
 //!   (an idempotent producer with `enable.gapless.guarantee`) it hands all
 //!   the records of a key to the producer together, which keeps their
@@ -20,8 +20,8 @@
 //!   [`is_retriable`](Error::is_retriable).
 //!
 //! ```no_run
-//! use outbox_core::{NewRecord, OutboxEvent, OutboxRecord, Sink};
-//! use outbox_kafka::{KafkaSink, decode_message_as};
+//! use outbox_engine::{NewRecord, OutboxEvent, OutboxRecord, Sink};
+//! use outbox_rdkafka::{KafkaSink, decode_message_as};
 //! use rdkafka::ClientConfig;
 //! use serde::{Deserialize, Serialize};
 //!

@@ -6,9 +6,9 @@ mod common;
 
 use async_trait::async_trait;
 use common::TestKafka;
-use outbox_core::OutboxRecord;
-use outbox_core::testkit::sink::{Destination, Message};
-use outbox_kafka::{EVENT_ID_HEADER, KafkaSink};
+use outbox_engine::OutboxRecord;
+use outbox_engine::testkit::sink::{Destination, Message};
+use outbox_rdkafka::{EVENT_ID_HEADER, KafkaSink};
 use rdkafka::Message as _;
 use rdkafka::message::Headers as _;
 
@@ -91,7 +91,7 @@ mod pipelined {
         Some((sink, topic))
     }
 
-    outbox_core::sink_conformance_tests!(sink);
+    outbox_engine::sink_conformance_tests!(sink);
 }
 
 /// A key's records one at a time, each once the previous one is
@@ -105,5 +105,5 @@ mod one_at_a_time {
         Some((sink, topic))
     }
 
-    outbox_core::sink_conformance_tests!(sink);
+    outbox_engine::sink_conformance_tests!(sink);
 }

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{TestKafka, interleaved_orders};
-use outbox_core::Sink;
-use outbox_kafka::rdkafka::producer::{FutureProducer, Producer as _};
-use outbox_kafka::rdkafka::{ClientConfig, ClientContext, Statistics};
-use outbox_kafka::{Error, KafkaSink};
+use outbox_engine::Sink;
+use outbox_rdkafka::rdkafka::producer::{FutureProducer, Producer as _};
+use outbox_rdkafka::rdkafka::{ClientConfig, ClientContext, Statistics};
+use outbox_rdkafka::{Error, KafkaSink};
 
 /// Counts librdkafka's statistics callbacks.
 #[derive(Debug, Clone, Default)]

@@ -10,8 +10,8 @@ use common::{
     OrderPlaced, TestKafka, assert_first_copies_in_order, error_of, event_ids, interleaved_orders,
     publish_all, publish_until_delivered, record, wait_until,
 };
-use outbox_core::{Outcome, Sink};
-use outbox_kafka::{Error, KafkaSink};
+use outbox_engine::{Outcome, Sink};
+use outbox_rdkafka::{Error, KafkaSink};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

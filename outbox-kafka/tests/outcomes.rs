@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{OrderPlaced, TestKafka, error_of, record};
-use outbox_core::{Outcome, Sink};
-use outbox_kafka::{Error, KafkaSink};
+use outbox_engine::{Outcome, Sink};
+use outbox_rdkafka::{Error, KafkaSink};
 use rdkafka::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

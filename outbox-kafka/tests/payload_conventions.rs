@@ -5,10 +5,10 @@
 mod common;
 
 use common::{OrderPlaced, TestKafka, publish_all, record};
-use outbox_core::TypedEvent;
-use outbox_kafka::rdkafka::Message;
-use outbox_kafka::rdkafka::message::{Headers, OwnedMessage};
-use outbox_kafka::{
+use outbox_engine::TypedEvent;
+use outbox_rdkafka::rdkafka::Message;
+use outbox_rdkafka::rdkafka::message::{Headers, OwnedMessage};
+use outbox_rdkafka::{
     CE_ID_HEADER, CE_SOURCE_HEADER, CE_SPECVERSION_HEADER, CE_TIME_HEADER, CE_TYPE_HEADER,
     CONTENT_TYPE_HEADER, EVENT_ID_HEADER, Error, KafkaSink, decode_message_as,
 };

@@ -20,10 +20,10 @@ use common::{
     OrderPlaced, TestKafka, assert_first_copies_in_order, error_of, interleaved_orders,
     publish_all, publish_until_delivered, record,
 };
-use outbox_core::{OutboxRecord, Outcome, Sink};
-use outbox_kafka::rdkafka::producer::FutureProducer;
-use outbox_kafka::rdkafka::{ClientConfig, ClientContext, Statistics};
-use outbox_kafka::{Error, KafkaSink};
+use outbox_engine::{OutboxRecord, Outcome, Sink};
+use outbox_rdkafka::rdkafka::producer::FutureProducer;
+use outbox_rdkafka::rdkafka::{ClientConfig, ClientContext, Statistics};
+use outbox_rdkafka::{Error, KafkaSink};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -551,32 +551,32 @@ async fn a_batch_larger_than_the_producer_queue_waits_for_room() {
 /// waits on a busy database would.
 #[derive(Clone)]
 struct StallingStore {
-    inner: outbox_core::InMemoryStore,
+    inner: outbox_engine::InMemoryStore,
     stall: Duration,
     stalled: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
-impl outbox_core::OutboxStore for StallingStore {
+impl outbox_engine::OutboxStore for StallingStore {
     async fn enqueue(
         &self,
-        records: &[outbox_core::NewRecord],
-    ) -> Result<(), outbox_core::StoreError> {
+        records: &[outbox_engine::NewRecord],
+    ) -> Result<(), outbox_engine::StoreError> {
         self.inner.enqueue(records).await
     }
 
     async fn claim(
         &self,
-        request: &outbox_core::ClaimRequest,
-    ) -> Result<Vec<OutboxRecord>, outbox_core::StoreError> {
+        request: &outbox_engine::ClaimRequest,
+    ) -> Result<Vec<OutboxRecord>, outbox_engine::StoreError> {
         self.inner.claim(request).await
     }
 
     async fn settle(
         &self,
         owner: &str,
-        settlement: &outbox_core::Settlement,
-    ) -> Result<outbox_core::Settled, outbox_core::StoreError> {
+        settlement: &outbox_engine::Settlement,
+    ) -> Result<outbox_engine::Settled, outbox_engine::StoreError> {
         if !self.stalled.swap(true, Ordering::SeqCst) {
             tokio::time::sleep(self.stall).await;
         }
@@ -588,7 +588,7 @@ impl outbox_core::OutboxStore for StallingStore {
         owner: &str,
         ids: &[i64],
         lease: Duration,
-    ) -> Result<u64, outbox_core::StoreError> {
+    ) -> Result<u64, outbox_engine::StoreError> {
         self.inner.renew(owner, ids, lease).await
     }
 }
@@ -620,10 +620,10 @@ async fn a_stalled_settlement_leaves_the_sink_its_purges() {
     let sink = KafkaSink::new(config).unwrap();
     assert!(sink.is_pipelined());
     publish_until_delivered(&sink, records[..1].to_vec(), Duration::from_secs(30)).await;
-    let memory = outbox_core::InMemoryStore::new();
-    let new: Vec<outbox_core::NewRecord> = records[1..]
+    let memory = outbox_engine::InMemoryStore::new();
+    let new: Vec<outbox_engine::NewRecord> = records[1..]
         .iter()
-        .map(|r| outbox_core::NewRecord {
+        .map(|r| outbox_engine::NewRecord {
             event_id: r.event_id,
             topic: r.topic.clone(),
             key: r.key.clone(),
@@ -635,7 +635,7 @@ async fn a_stalled_settlement_leaves_the_sink_its_purges() {
             available_at: r.available_at,
         })
         .collect();
-    outbox_core::OutboxStore::enqueue(&memory, &new)
+    outbox_engine::OutboxStore::enqueue(&memory, &new)
         .await
         .unwrap();
     let store = StallingStore {
@@ -646,9 +646,9 @@ async fn a_stalled_settlement_leaves_the_sink_its_purges() {
     // The leader of one partition of three is down: its records wait in
     // the producer, the others' are delivered and settled at once.
     mock.broker_down(2).unwrap();
-    let relay = outbox_core::Relay::builder(store, sink.clone())
+    let relay = outbox_engine::Relay::builder(store, sink.clone())
         .backoff(
-            outbox_core::ExponentialBackoff::new(
+            outbox_engine::ExponentialBackoff::new(
                 Duration::from_millis(200),
                 Duration::from_millis(500),
             )
@@ -664,14 +664,14 @@ async fn a_stalled_settlement_leaves_the_sink_its_purges() {
     let watching = async {
         tokio::time::sleep(Duration::from_secs(4)).await;
         let failed: Vec<OutboxRecord> = memory
-            .records_with_status(outbox_core::Status::Pending)
+            .records_with_status(outbox_engine::Status::Pending)
             .into_iter()
             .filter(|r| r.last_error.is_some())
             .collect();
         mock.broker_up(2).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while memory
-            .records_with_status(outbox_core::Status::Published)
+            .records_with_status(outbox_engine::Status::Published)
             .len()
             < new.len()
         {

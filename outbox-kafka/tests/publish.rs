@@ -9,8 +9,8 @@ use common::{
     Heartbeat, OrderPlaced, TestKafka, assert_first_copies_in_order, interleaved_orders,
     publish_all, record,
 };
-use outbox_core::{OutboxRecord, Sink};
-use outbox_kafka::{
+use outbox_engine::{OutboxRecord, Sink};
+use outbox_rdkafka::{
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, KafkaSink, SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER,
     decode_message, decode_message_as,
 };

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{OrderPlaced, TestKafka, error_of, publish_all, record};
-use outbox_core::{OutboxRecord, Outcome, Sink};
-use outbox_kafka::{Error, KafkaSink};
+use outbox_engine::{OutboxRecord, Outcome, Sink};
+use outbox_rdkafka::{Error, KafkaSink};
 
 fn order(order_id: u64, seq: u32, note: impl Into<String>) -> OrderPlaced {
     OrderPlaced {

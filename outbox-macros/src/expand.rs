@@ -24,7 +24,7 @@ pub(crate) fn derive(node: &DeriveInput) -> TokenStream {
 ///
 /// typetag's expansion names `typetag::...` relative to where the attribute
 /// is written, so the `use` inside the anonymous const makes it resolve
-/// through `outbox_core` without the user depending on typetag. The
+/// through `outbox_engine` without the user depending on typetag. The
 /// generated code names the crate `__outbox`, an alias of
 /// [`crate_path`].
 fn impl_event(event: &Event<'_>) -> TokenStream {
@@ -141,11 +141,11 @@ fn impls(
 }
 
 /// The path of the crate that holds `OutboxEvent` for the crate being
-/// compiled: `outbox-core` when it depends on it (under whatever name),
+/// compiled: `outbox-engine` when it depends on it (under whatever name),
 /// else the `outbox` facade, which re-exports it.
 fn crate_path() -> TokenStream {
     use proc_macro_crate::{FoundCrate, crate_name};
-    let found = crate_name("outbox-core").or_else(|_| {
+    let found = crate_name("outbox-engine").or_else(|_| {
         crate_name("outbox").map(|found| match found {
             FoundCrate::Itself => FoundCrate::Name("outbox".to_owned()),
             name => name,
@@ -156,8 +156,8 @@ fn crate_path() -> TokenStream {
             let ident = proc_macro2::Ident::new(&name, proc_macro2::Span::call_site());
             quote!(::#ident)
         }
-        // outbox-core itself, or neither found: name outbox-core, and let
+        // outbox-engine itself, or neither found: name outbox-engine, and let
         // a missing dependency be reported there.
-        _ => quote!(::outbox_core),
+        _ => quote!(::outbox_engine),
     }
 }

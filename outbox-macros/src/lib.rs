@@ -1,8 +1,8 @@
-//! `#[derive(OutboxEvent)]` for [`outbox-core`](https://docs.rs/outbox-core).
+//! `#[derive(OutboxEvent)]` for [`outbox-engine`](https://docs.rs/outbox-engine).
 //!
-//! Use it through `outbox_core::OutboxEvent` (the `derive` feature of
-//! `outbox-core`, on by default) rather than depending on this crate: the
-//! generated code names `::outbox_core` paths only.
+//! Use it through `outbox_engine::OutboxEvent` (the `derive` feature of
+//! `outbox-engine`, on by default) rather than depending on this crate: the
+//! generated code names `::outbox_engine` paths only.
 //!
 //! See [`macro@OutboxEvent`] for the attribute keys.
 
@@ -14,7 +14,7 @@ mod valid;
 use proc_macro::TokenStream;
 use syn::{DeriveInput, parse_macro_input};
 
-/// Implements `outbox_core::OutboxEvent` and `outbox_core::TypedEvent` for a
+/// Implements `outbox_engine::OutboxEvent` and `outbox_engine::TypedEvent` for a
 /// struct, and registers it under its event type so that a
 /// `Box<dyn OutboxEvent>` deserializes back into it.
 ///
@@ -22,7 +22,7 @@ use syn::{DeriveInput, parse_macro_input};
 /// (derive them next to `OutboxEvent`), and must not be generic.
 ///
 /// ```
-/// use outbox_core::{OutboxEvent, TypedEvent};
+/// use outbox_engine::{OutboxEvent, TypedEvent};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
@@ -55,7 +55,7 @@ use syn::{DeriveInput, parse_macro_input};
 ///   fits in a `u32`. Defaults to 1.
 ///
 /// ```
-/// use outbox_core::OutboxEvent;
+/// use outbox_engine::OutboxEvent;
 /// use serde::{Deserialize, Serialize};
 ///
 /// fn tenant_topic(event: &UserRenamed) -> String {

@@ -1,7 +1,7 @@
 //! What the generated `OutboxEvent` and `TypedEvent` impls return, and the
 //! typetag registration they make.
 
-use outbox_core::{OutboxEvent, TypedEvent};
+use outbox_engine::{OutboxEvent, TypedEvent};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
@@ -205,14 +205,14 @@ fn decode_by_event_type() {
     };
     let payload = serde_json::to_vec(&event).unwrap();
 
-    let decoded = outbox_core::decode("order.placed", &payload).unwrap();
+    let decoded = outbox_engine::decode("order.placed", &payload).unwrap();
     assert_eq!(decoded.key().as_deref(), Some("9"));
     assert_eq!(
-        outbox_core::decode_as::<OrderPlaced>(OrderPlaced::EVENT_TYPE, &payload).unwrap(),
+        outbox_engine::decode_as::<OrderPlaced>(OrderPlaced::EVENT_TYPE, &payload).unwrap(),
         Some(event),
     );
     assert_eq!(
-        outbox_core::decode_as::<AuditTrail>("order.placed", &payload).unwrap(),
+        outbox_engine::decode_as::<AuditTrail>("order.placed", &payload).unwrap(),
         None,
     );
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 /// Everything that can go wrong in `outbox-nats`: connecting, building a
 /// [`NatsSink`](crate::NatsSink), publishing one record (inside an
-/// [`Outcome`](outbox_core::Outcome)).
+/// [`Outcome`](outbox_engine::Outcome)).
 ///
 /// Each message says what failed, on what input, and what to do; the cause
 /// is part of the message, so [`source`](std::error::Error::source) is

@@ -4,9 +4,9 @@ use std::str::FromStr;
 
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
-use outbox_core::OutboxRecord;
+use outbox_engine::OutboxRecord;
 
-pub use outbox_core::sink::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER};
+pub use outbox_engine::sink::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER};
 
 /// Header holding the record's key, unencoded (the subject holds it
 /// encoded, see [`key_token`](crate::key_token)); absent for a keyless
@@ -16,7 +16,7 @@ pub const KEY_HEADER: &str = "outbox-key";
 /// Header holding the W3C trace context captured when the event was
 /// enqueued. It travels among the record's own headers; the name is here
 /// for consumers that continue the trace.
-pub const TRACEPARENT_HEADER: &str = outbox_core::TRACEPARENT;
+pub const TRACEPARENT_HEADER: &str = outbox_engine::TRACEPARENT;
 
 /// The headers of `record`'s message: `Nats-Msg-Id` (the event id, for
 /// JetStream's duplicate window), the outbox's own, [`KEY_HEADER`] when
@@ -28,7 +28,7 @@ pub const TRACEPARENT_HEADER: &str = outbox_core::TRACEPARENT;
 pub(crate) fn message_headers(record: &OutboxRecord) -> Result<HeaderMap, (String, &'static str)> {
     let mut headers = HeaderMap::new();
     headers.insert(NATS_MESSAGE_ID, record.event_id.hyphenated().to_string());
-    for (name, value) in outbox_core::sink::message_headers(record) {
+    for (name, value) in outbox_engine::sink::message_headers(record) {
         if name == KEY_HEADER || is_jetstream_header(name) {
             continue;
         }
@@ -65,7 +65,7 @@ fn is_jetstream_header(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use outbox_core::NewRecord;
+    use outbox_engine::NewRecord;
     use uuid::Uuid;
 
     use super::*;

@@ -1,11 +1,11 @@
 //! NATS JetStream for the transactional outbox: a
-//! [`Sink`](outbox_core::Sink) that publishes each outbox record to a
+//! [`Sink`](outbox_engine::Sink) that publishes each outbox record to a
 //! subject derived from its topic and key, deduplicated by event id, and
 //! awaits JetStream's acknowledgement.
 //!
 //! - [`NatsSink`]: publishes each batch the relay claims, keeping per-key
-//!   order (it is built on [`outbox_core::publish_by_key`]), and reports an
-//!   [`Outcome`](outbox_core::Outcome) per record, classified by the
+//!   order (it is built on [`outbox_engine::publish_by_key`]), and reports an
+//!   [`Outcome`](outbox_engine::Outcome) per record, classified by the
 //!   client's error kind and JetStream's error codes. Configured with
 //!   [`NatsSinkBuilder`] (subject prefix, routing, key in subject, publish
 //!   timeout, missing streams).
@@ -23,7 +23,7 @@
 //! published again after a relay crash is dropped by JetStream.
 //!
 //! ```no_run
-//! use outbox_core::{InMemoryStore, Relay};
+//! use outbox_engine::{InMemoryStore, Relay};
 //! use outbox_nats::NatsSink;
 //! use outbox_nats::async_nats::jetstream::{self, stream};
 //!

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use outbox_core::OutboxRecord;
+use outbox_engine::OutboxRecord;
 
 /// A function choosing the topic part of a record's subject.
 pub(crate) type RouteFn = Arc<dyn Fn(&OutboxRecord) -> String + Send + Sync>;
@@ -113,7 +113,7 @@ pub(crate) fn check_subject(subject: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use outbox_core::NewRecord;
+    use outbox_engine::NewRecord;
     use uuid::Uuid;
 
     use super::*;

@@ -5,8 +5,8 @@ mod common;
 
 use async_trait::async_trait;
 use common::TestNats;
-use outbox_core::OutboxRecord;
-use outbox_core::testkit::sink::{Destination, Message};
+use outbox_engine::OutboxRecord;
+use outbox_engine::testkit::sink::{Destination, Message};
 use outbox_nats::NatsSink;
 
 /// A fresh stream of the test server.
@@ -54,4 +54,4 @@ async fn nats_sink() -> Option<(NatsSink, Stream)> {
     ))
 }
 
-outbox_core::sink_conformance_tests!(nats_sink);
+outbox_engine::sink_conformance_tests!(nats_sink);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::TestNats;
 use migration::{Migrator, MigratorTrait};
-use outbox_core::{OutboxEvent, Relay};
+use outbox_engine::{OutboxEvent, Relay};
 use outbox_nats::NatsSink;
 use outbox_sea_orm::SeaOrmStore;
 use sea_orm::{Database, TransactionTrait};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishErrorKind;
 use chrono::Utc;
 use common::{TestNats, header};
-use outbox_core::{NewRecord, OutboxRecord, Outcome, Sink};
+use outbox_engine::{NewRecord, OutboxRecord, Outcome, Sink};
 use outbox_nats::{
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, Error, KEY_HEADER, NatsSink, SCHEMA_VERSION_HEADER,
     TRACEPARENT_HEADER,

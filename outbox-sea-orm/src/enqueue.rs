@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
-use outbox_core::{NewRecord, OutboxEvent, Status};
+use outbox_engine::{NewRecord, OutboxEvent, Status};
 use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Query, SimpleExpr};
 use uuid::Uuid;
@@ -74,7 +74,7 @@ const RECORDS_PER_LOCKED_INSERT: usize = 100;
 /// from the insert.
 ///
 /// ```no_run
-/// # use outbox_core::OutboxEvent;
+/// # use outbox_engine::OutboxEvent;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
 /// # #[outbox(topic = "orders", key = order_id)]
@@ -110,7 +110,7 @@ pub async fn enqueue<C: ConnectionTrait + 'static>(
 /// them.
 ///
 /// ```
-/// use outbox_core::OutboxEvent;
+/// use outbox_engine::OutboxEvent;
 /// use sea_orm::entity::prelude::*;
 /// use serde::{Deserialize, Serialize};
 ///
@@ -170,7 +170,7 @@ pub async fn enqueue_in<C: ConnectionTrait>(
 /// large write all-or-nothing.
 ///
 /// ```no_run
-/// # use outbox_core::OutboxEvent;
+/// # use outbox_engine::OutboxEvent;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
 /// # #[outbox(topic = "orders", key = order_id)]
@@ -425,7 +425,7 @@ fn too_large(chunk: &[NewRecord], error: Error) -> Error {
                     "the database refused the event of {} bytes ({}); make the event smaller, \
                      or raise the server's limit (max_allowed_packet on MySQL/MariaDB)",
                     size(record),
-                    outbox_core::error_chain(&error),
+                    outbox_engine::error_chain(&error),
                 ),
             }
         }

@@ -17,7 +17,7 @@
 
 use std::str::FromStr;
 
-use outbox_core::{Headers, OutboxRecord, Status};
+use outbox_engine::{Headers, OutboxRecord, Status};
 use sea_orm::entity::prelude::*;
 
 use crate::Error;

@@ -4,7 +4,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use outbox_core::StoreError;
+use outbox_engine::StoreError;
 use sea_orm::DbErr;
 
 pub(crate) use crate::classify::{Class, classify, database_name, fail, is_conflict};
@@ -19,7 +19,7 @@ pub(crate) use crate::classify::{Class, classify, database_name, fail, is_confli
 pub enum Error {
     /// The event did not serialize to JSON; nothing was written.
     #[error(transparent)]
-    Event(outbox_core::Error),
+    Event(outbox_engine::Error),
 
     /// The event does not fit the outbox table; nothing was written.
     #[error("cannot enqueue event `{event_type}`: {reason}")]
@@ -159,16 +159,16 @@ impl From<Error> for DbErr {
     fn from(error: Error) -> Self {
         match error {
             Error::Connect { source, .. } | Error::Database { source, .. } => source.into_inner(),
-            other => DbErr::Custom(outbox_core::error_chain(&other)),
+            other => DbErr::Custom(outbox_engine::error_chain(&other)),
         }
     }
 }
 
-impl From<Error> for outbox_core::Error {
+impl From<Error> for outbox_engine::Error {
     fn from(error: Error) -> Self {
         match error {
             Error::Event(inner) => inner,
-            other => outbox_core::Error::Store(other.into()),
+            other => outbox_engine::Error::Store(other.into()),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! second delivery a no-op: [`record`] says whether the event is new, and
 //! [`handle`] runs a handler only for a new one, committing the handler's
 //! writes and the inbox entry together. Commit the Kafka offset after that
-//! transaction commits (`outbox_kafka::handle_message` does).
+//! transaction commits (`outbox_rdkafka::handle_message` does).
 //!
 //! The table is `inbox` (migration `outbox_migration::Inbox`, not part of the
 //! outbox's own migrations): one row per consumer and event id.

@@ -4,9 +4,9 @@
 //! - [`enqueue`], [`enqueue_all`] and [`enqueue_records`] write events
 //!   through any [`ConnectionTrait`](sea_orm::ConnectionTrait): the
 //!   caller's transaction, a pool, a mock.
-//! - [`SeaOrmStore`] is the [`OutboxStore`](outbox_core::OutboxStore) a
-//!   [`Relay`](outbox_core::Relay) claims from, and the
-//!   [`OutboxAdmin`](outbox_core::OutboxAdmin) operators use, on
+//! - [`SeaOrmStore`] is the [`OutboxStore`](outbox_engine::OutboxStore) a
+//!   [`Relay`](outbox_engine::Relay) claims from, and the
+//!   [`OutboxAdmin`](outbox_engine::OutboxAdmin) operators use, on
 //!   PostgreSQL, MySQL/MariaDB and SQLite.
 //! - [`entity`] is the SeaORM entity of the `outbox` table, for queries of
 //!   your own.
@@ -17,7 +17,7 @@
 //! `outbox_migration::Migrator`.
 //!
 //! ```no_run
-//! use outbox_core::{OutboxEvent, Relay, InMemorySink};
+//! use outbox_engine::{OutboxEvent, Relay, InMemorySink};
 //! use outbox_sea_orm::SeaOrmStore;
 //! use sea_orm::{Database, TransactionTrait};
 //! use serde::{Deserialize, Serialize};
@@ -76,7 +76,7 @@
 //!
 //! # Feature flags (for tests)
 //!
-//! - `testkit`: `SeaOrmStore` implements `outbox_core::testkit::TestStore`,
+//! - `testkit`: `SeaOrmStore` implements `outbox_engine::testkit::TestStore`,
 //!   to run the store conformance suite, which moves the store's clock.
 
 mod classify;

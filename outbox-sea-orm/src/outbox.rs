@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use outbox_core::Wakeup;
+use outbox_engine::Wakeup;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionError,
     TransactionTrait,
@@ -33,14 +33,14 @@ pub const NOTIFY_CHANNEL: &str = "outbox";
 /// each relay.
 ///
 /// ```no_run
-/// # use outbox_core::OutboxEvent;
+/// # use outbox_engine::OutboxEvent;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
 /// # #[outbox(topic = "orders", key = order_id)]
 /// # struct OrderPlaced { order_id: u64, total_cents: i64 }
-/// # async fn example(store: outbox_sea_orm::SeaOrmStore, sink: outbox_core::InMemorySink)
+/// # async fn example(store: outbox_sea_orm::SeaOrmStore, sink: outbox_engine::InMemorySink)
 /// #     -> Result<(), Box<dyn std::error::Error>> {
-/// use outbox_core::Relay;
+/// use outbox_engine::Relay;
 /// use outbox_sea_orm::Outbox;
 /// use sea_orm::DbErr;
 ///

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestDb};
-use outbox_core::{ClaimRequest, OutboxEvent, OutboxStore};
+use outbox_engine::{ClaimRequest, OutboxEvent, OutboxStore};
 use outbox_sea_orm::{Error, SeaOrmStore, enqueue};
 use sea_orm::{ConnectOptions, TransactionTrait};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ struct OrderPlaced {
 
 /// The whole chain, as an error report prints it.
 fn report(error: &(dyn std::error::Error + 'static)) -> String {
-    outbox_core::error_chain(error)
+    outbox_engine::error_chain(error)
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, TestDb};
-use outbox_core::testkit::record;
-use outbox_core::{ClaimRequest, OutboxStore};
+use outbox_engine::testkit::record;
+use outbox_engine::{ClaimRequest, OutboxStore};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

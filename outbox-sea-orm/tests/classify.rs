@@ -7,8 +7,8 @@
 mod common;
 
 use common::{Backend, TestDb};
-use outbox_core::NewRecord;
-use outbox_core::testkit::record;
+use outbox_engine::NewRecord;
+use outbox_engine::testkit::record;
 use outbox_sea_orm::{Error, enqueue_records};
 use sea_orm::{ConnectionTrait, DbErr, RuntimeErr, TransactionTrait};
 

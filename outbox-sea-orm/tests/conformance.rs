@@ -1,21 +1,21 @@
-//! The store conformance suite of `outbox-core`, on every backend.
+//! The store conformance suite of `outbox-engine`, on every backend.
 
 #![cfg(all(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 
 mod common;
 
 mod postgres {
-    outbox_core::store_conformance_tests!(super::common::postgres_store);
+    outbox_engine::store_conformance_tests!(super::common::postgres_store);
 }
 
 mod mysql {
-    outbox_core::store_conformance_tests!(super::common::mysql_store);
+    outbox_engine::store_conformance_tests!(super::common::mysql_store);
 }
 
 mod sqlite_file {
-    outbox_core::store_conformance_tests!(super::common::sqlite_file_store);
+    outbox_engine::store_conformance_tests!(super::common::sqlite_file_store);
 }
 
 mod sqlite_memory {
-    outbox_core::store_conformance_tests!(super::common::sqlite_memory_store);
+    outbox_engine::store_conformance_tests!(super::common::sqlite_memory_store);
 }

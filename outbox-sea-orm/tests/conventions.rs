@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::TestDb;
-use outbox_core::{ClaimRequest, OutboxAdmin, OutboxEvent, OutboxStore};
+use outbox_engine::{ClaimRequest, OutboxAdmin, OutboxEvent, OutboxStore};
 use sea_orm::{ActiveModelTrait, DbErr, Set, TransactionTrait};
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{Backend, TestDb};
-use outbox_core::{ClaimRequest, OutboxAdmin, OutboxEvent, OutboxStore};
+use outbox_engine::{ClaimRequest, OutboxAdmin, OutboxEvent, OutboxStore};
 use outbox_sea_orm::{Error, enqueue, enqueue_all};
 use sea_orm::sea_query::{Alias, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, TransactionTrait};
@@ -264,7 +264,7 @@ async fn thousands_of_records_are_written_in_a_few_inserts(db: TestDb) {
     // More rows than one insert takes (2,000), through the store's own
     // enqueue (one transaction) and through enqueue_records on the pool.
     let records: Vec<_> = (0..4_500)
-        .map(|n| outbox_core::testkit::record(Some(&format!("k{}", n % 7)), n))
+        .map(|n| outbox_engine::testkit::record(Some(&format!("k{}", n % 7)), n))
         .collect();
     db.store().enqueue(&records).await.unwrap();
     outbox_sea_orm::enqueue_records(

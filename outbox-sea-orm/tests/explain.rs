@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::{Backend, TestDb};
-use outbox_core::testkit::record;
-use outbox_core::{ClaimRequest, NewRecord, OutboxStore};
+use outbox_engine::testkit::record;
+use outbox_engine::{ClaimRequest, NewRecord, OutboxStore};
 use outbox_sea_orm::explained_statements;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement};
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{TestDb, wait_until};
-use outbox_core::testkit::record;
-use outbox_core::{
+use outbox_engine::testkit::record;
+use outbox_engine::{
     DeadFilter, DeadLetter, InMemorySink, NewRecord, OutboxAdmin, OutboxRecord, OutboxStore,
     Outcome, Relay, Sink, Status, publish_by_key,
 };
@@ -66,7 +66,7 @@ async fn published(store: &SeaOrmStore, records: &[NewRecord]) -> usize {
     let mut count = 0;
     for record in records {
         let found = store
-            .find(outbox_core::RecordRef::EventId(record.event_id))
+            .find(outbox_engine::RecordRef::EventId(record.event_id))
             .await
             .unwrap();
         if found.is_some_and(|r| r.status == Status::Published) {
@@ -109,7 +109,7 @@ impl PacedSink {
 #[async_trait]
 impl Sink for PacedSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(
@@ -313,7 +313,7 @@ async fn requeueing_all_never_blocks_a_writer_of_another_key(db: TestDb) {
     let first = [record(Some("a"), 1), record(Some("k"), 2)];
     commit(&db.db, &first, "the first records").await;
     let claimed = store
-        .claim(&outbox_core::ClaimRequest {
+        .claim(&outbox_engine::ClaimRequest {
             owner: "r".into(),
             limit: 10,
             lease: Duration::from_secs(30),
@@ -357,7 +357,7 @@ struct SlowKeysSink {
 #[async_trait]
 impl Sink for SlowKeysSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(
@@ -434,7 +434,7 @@ async fn slow_records_never_pin_the_relay(db: TestDb) {
             .filter(|r| r.key.as_deref().unwrap().starts_with('s'))
         {
             let found = store
-                .find(outbox_core::RecordRef::EventId(record.event_id))
+                .find(outbox_engine::RecordRef::EventId(record.event_id))
                 .await
                 .unwrap()
                 .unwrap();
@@ -526,7 +526,7 @@ async fn repeatable_read_writers_of_a_busy_key_take_turns(db: TestDb) {
         let written = enqueue_records(&txn, &[record(Some("k"), 3)]).await;
         match written {
             Ok(()) => txn.commit().await.map_err(|e| e.to_string()),
-            Err(error) => Err(outbox_core::error_chain(&error)),
+            Err(error) => Err(outbox_engine::error_chain(&error)),
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::TestDb;
-use outbox_core::testkit::TestStore;
-use outbox_core::{
+use outbox_engine::testkit::TestStore;
+use outbox_engine::{
     Clock, DeadFilter, FailureKind, InMemorySink, NewRecord, OutboxAdmin, OutboxEvent, Relay,
     RunReport, Sink, error_chain,
 };
@@ -41,7 +41,7 @@ fn relay<Si: Sink>(store: &SeaOrmStore, sink: Si) -> Relay<SeaOrmStore, Si> {
     Relay::builder(store.clone(), sink)
         .batch_size(50)
         .backoff(
-            outbox_core::ExponentialBackoff::new(
+            outbox_engine::ExponentialBackoff::new(
                 Duration::from_millis(5),
                 Duration::from_millis(20),
             )
@@ -447,7 +447,7 @@ async fn keys_that_differ_by_trailing_spaces_are_two_keys(db: TestDb) {
     sink.fail_next(1, FailureKind::Retriable);
     let relay = Relay::builder(store.clone(), sink.clone())
         .backoff(
-            outbox_core::ExponentialBackoff::new(
+            outbox_engine::ExponentialBackoff::new(
                 Duration::from_secs(3600),
                 Duration::from_secs(3600),
             )
@@ -660,7 +660,10 @@ struct LogSink {
 
 #[async_trait::async_trait]
 impl Sink for LogSink {
-    async fn publish(&self, records: &[outbox_core::OutboxRecord]) -> Vec<outbox_core::Outcome> {
+    async fn publish(
+        &self,
+        records: &[outbox_engine::OutboxRecord],
+    ) -> Vec<outbox_engine::Outcome> {
         for record in records {
             let step = record.decode_as::<Step>().unwrap().unwrap();
             self.log.lock().unwrap().push((step.order, step.n));
@@ -671,7 +674,7 @@ impl Sink for LogSink {
         }
         records
             .iter()
-            .map(|_| outbox_core::Outcome::Delivered)
+            .map(|_| outbox_engine::Outcome::Delivered)
             .collect()
     }
 }

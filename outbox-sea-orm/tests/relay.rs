@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::{Backend, TestDb, wait_until};
-use outbox_core::{InMemorySink, NewRecord, OutboxAdmin, OutboxEvent, OutboxStore, Relay};
+use outbox_engine::{InMemorySink, NewRecord, OutboxAdmin, OutboxEvent, OutboxStore, Relay};
 use outbox_sea_orm::enqueue_all;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{Backend, TestDb};
-use outbox_core::{OutboxAdmin, OutboxEvent, Wakeup};
+use outbox_engine::{OutboxAdmin, OutboxEvent, Wakeup};
 use outbox_sea_orm::{Outbox, SeaOrmStore, enqueue, listen};
 use sea_orm::{DbErr, TransactionError};
 use serde::{Deserialize, Serialize};

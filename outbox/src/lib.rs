@@ -23,7 +23,7 @@
 //! | `migration` | [`migration`]: the outbox and inbox tables for sea-orm-migration |
 //! | `testkit` | the store and sink conformance suites and the crash-point explorer ([`testkit`]) |
 //!
-//! Everything of `outbox-core` is at the root: [`OutboxEvent`], [`Relay`],
+//! Everything of `outbox-engine` is at the root: [`OutboxEvent`], [`Relay`],
 //! [`InMemoryStore`], [`InMemorySink`], and the rest.
 //!
 //! ```
@@ -56,7 +56,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use outbox_core::*;
+pub use outbox_engine::*;
 
 /// The SeaORM side: `enqueue` (and `enqueue_all`, `enqueue_in`) into your
 /// transaction, `SeaOrmStore` for the relay, the consumer's `inbox`
@@ -71,11 +71,11 @@ pub mod sea_orm {
 }
 
 /// Kafka: `KafkaSink`, decoding consumed messages, `handle_message`, and
-/// the `rdkafka` the sink is built with (crate `outbox-kafka`).
+/// the `rdkafka` the sink is built with (crate `outbox-rdkafka`).
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka {
-    pub use outbox_kafka::*;
+    pub use outbox_rdkafka::*;
 }
 
 /// NATS JetStream: the sink (crate `outbox-nats`).

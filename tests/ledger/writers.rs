@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox_core::{NewRecord, OutboxEvent};
+use outbox_engine::{NewRecord, OutboxEvent};
 use sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
@@ -293,7 +293,7 @@ async fn transaction_body(
         }
         outbox_sea_orm::enqueue_records(&txn, &records)
             .await
-            .map_err(|error| DbErr::Custom(outbox_core::error_chain(&error)))?;
+            .map_err(|error| DbErr::Custom(outbox_engine::error_chain(&error)))?;
         let hold = rand::random_range(
             plan.hold_ms.start..Ord::max(plan.hold_ms.end, plan.hold_ms.start + 1),
         );

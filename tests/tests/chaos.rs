@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{Backend, TestDb};
-use outbox_core::{
+use outbox_engine::{
     DeadFilter, ExponentialBackoff, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Relay,
     RelayStatus, Sink,
 };
-use outbox_kafka::KafkaSink;
+use outbox_rdkafka::KafkaSink;
 use outbox_sea_orm::SeaOrmStore;
 use outbox_tests::faults::{Faults, FaultySink, FaultyStore, Odds, run_crashing, wait_for};
 use outbox_tests::ledger::{self, CommitOrder, Kafka, Ledger, WriterPlan, Writers};

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use migration::{Migrator, MigratorTrait};
-use outbox_core::{OutboxAdmin, OutboxEvent, Relay};
-use outbox_kafka::{KafkaSink, decode_message, decode_message_as};
+use outbox_engine::{OutboxAdmin, OutboxEvent, Relay};
+use outbox_rdkafka::{KafkaSink, decode_message, decode_message_as};
 use outbox_sea_orm::SeaOrmStore;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -214,9 +214,11 @@ async fn a_broker_that_is_down_loses_nothing_and_marks_nothing_published() {
     let store = SeaOrmStore::new(db.clone());
     let events: Vec<Box<dyn OutboxEvent>> = (0..6).map(|seq| event(seq % 2, seq)).collect();
     let ids = outbox_sea_orm::enqueue_all(&db, &events).await.unwrap();
-    let backoff =
-        outbox_core::ExponentialBackoff::new(Duration::from_millis(50), Duration::from_millis(50))
-            .unwrap();
+    let backoff = outbox_engine::ExponentialBackoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(50),
+    )
+    .unwrap();
 
     // Nothing listens on port 1.
     let mut down = ClientConfig::new();

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, TestDb};
 use migration::{MigrationTrait, SchemaManager};
-use outbox_core::{NewRecord, OutboxEvent, OutboxRecord, Sink};
-use outbox_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use outbox_kafka::rdkafka::mocking::MockCluster;
-use outbox_kafka::rdkafka::{ClientConfig, Message};
-use outbox_kafka::{Handled, KafkaSink, decode_message_as, handle_message};
+use outbox_engine::{NewRecord, OutboxEvent, OutboxRecord, Sink};
+use outbox_rdkafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use outbox_rdkafka::rdkafka::mocking::MockCluster;
+use outbox_rdkafka::rdkafka::{ClientConfig, Message};
+use outbox_rdkafka::{Handled, KafkaSink, decode_message_as, handle_message};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 use serde::{Deserialize, Serialize};
 

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use outbox_core::{ClaimRequest, OutboxStore, Settlement};
+use outbox_engine::{ClaimRequest, OutboxStore, Settlement};
 use outbox_sea_orm::SeaOrmStore;
 use sea_orm::DbBackend;
 

@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox_core::{Relay, Sink, error_chain};
-use outbox_kafka::KafkaSink;
+use outbox_engine::{Relay, Sink, error_chain};
+use outbox_rdkafka::KafkaSink;
 use outbox_sea_orm::SeaOrmStore;
 
 use super::db::{self, BenchDb};

@@ -80,7 +80,7 @@ async fn time(db: &DatabaseConnection, events: u64, outbox: bool) -> Result<f64,
         if outbox {
             outbox_sea_orm::enqueue(&txn, &BenchEvent::new(n, KEYS))
                 .await
-                .map_err(|e| outbox_core::error_chain(&e))?;
+                .map_err(|e| outbox_engine::error_chain(&e))?;
         }
         txn.commit().await.map_err(|e| e.to_string())?;
     }

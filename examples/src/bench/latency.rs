@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use outbox_core::{OutboxRecord, Outcome, Relay, Sink, Wakeup, error_chain};
-use outbox_kafka::KafkaSink;
+use outbox_engine::{OutboxRecord, Outcome, Relay, Sink, Wakeup, error_chain};
+use outbox_rdkafka::KafkaSink;
 use outbox_sea_orm::{Outbox, SeaOrmStore};
 use uuid::Uuid;
 
@@ -213,7 +213,7 @@ struct TimedSink {
 #[async_trait]
 impl Sink for TimedSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(

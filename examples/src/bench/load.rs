@@ -2,7 +2,7 @@
 //! transactions, or with the database's row generator for millions of
 //! records (keys registered in `outbox_keys` as the migration does).
 
-use outbox_core::{NewRecord, OutboxEvent};
+use outbox_engine::{NewRecord, OutboxEvent};
 use sea_orm::{DbBackend, TransactionTrait};
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,7 @@ pub(crate) async fn enqueue_events(
         let txn = bench.db.begin().await.map_err(|e| e.to_string())?;
         outbox_sea_orm::enqueue_records(&txn, &records)
             .await
-            .map_err(|e| outbox_core::error_chain(&e))?;
+            .map_err(|e| outbox_engine::error_chain(&e))?;
         txn.commit().await.map_err(|e| e.to_string())?;
         seq = end;
     }

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use outbox_core::{Relay, error_chain};
+use outbox_engine::{Relay, error_chain};
 use outbox_sea_orm::SeaOrmStore;
 
 use super::db::BenchDb;

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use outbox_core::{NewRecord, OutboxRecord, Outcome, Relay, Sink, error_chain, publish_by_key};
-use outbox_kafka::KafkaSink;
+use outbox_engine::{NewRecord, OutboxRecord, Outcome, Relay, Sink, error_chain, publish_by_key};
+use outbox_rdkafka::KafkaSink;
 use outbox_sea_orm::SeaOrmStore;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use uuid::Uuid;
@@ -116,7 +116,7 @@ struct TestedSink {
 #[async_trait]
 impl Sink for TestedSink {
     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_core::sink::collect_outcomes(self, records).await
+        outbox_engine::sink::collect_outcomes(self, records).await
     }
 
     async fn publish_each(

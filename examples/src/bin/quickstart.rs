@@ -21,8 +21,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use migration::{Migrator, MigratorTrait};
-use outbox_core::{OutboxAdmin, OutboxEvent, Relay, RunReport};
-use outbox_kafka::{DecodedEvent, KafkaSink, decode_message};
+use outbox_engine::{OutboxAdmin, OutboxEvent, Relay, RunReport};
+use outbox_rdkafka::{DecodedEvent, KafkaSink, decode_message};
 use outbox_sea_orm::SeaOrmStore;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

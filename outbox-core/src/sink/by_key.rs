@@ -35,7 +35,7 @@ use crate::record::OutboxRecord;
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use outbox_core::{OutboxRecord, Outcome, Sink, publish_by_key};
+/// use outbox_engine::{OutboxRecord, Outcome, Sink, publish_by_key};
 ///
 /// /// Prints each record; a real sink sends it and awaits the acknowledgement.
 /// struct Stdout;
@@ -43,7 +43,7 @@ use crate::record::OutboxRecord;
 /// #[async_trait]
 /// impl Sink for Stdout {
 ///     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-///         outbox_core::sink::collect_outcomes(self, records).await
+///         outbox_engine::sink::collect_outcomes(self, records).await
 ///     }
 ///
 ///     async fn publish_each(

@@ -28,7 +28,7 @@ use crate::error::BoxError;
 use crate::record::OutboxRecord;
 
 /// Where the relay publishes records: Kafka in production
-/// (`outbox-kafka`), NATS JetStream (`outbox-nats`), an
+/// (`outbox-rdkafka`), NATS JetStream (`outbox-nats`), an
 /// [`InMemorySink`](crate::InMemorySink) in tests.
 ///
 /// To write one, implement [`publish_each`](Sink::publish_each) with

@@ -23,7 +23,7 @@ use crate::record::OutboxRecord;
 /// ```
 /// use std::sync::{Arc, Mutex};
 ///
-/// use outbox_core::{InMemoryStore, NewRecord, OutboxEvent, OutboxStore, Outcome, Relay, sink_fn};
+/// use outbox_engine::{InMemoryStore, NewRecord, OutboxEvent, OutboxStore, Outcome, Relay, sink_fn};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
@@ -31,7 +31,7 @@ use crate::record::OutboxRecord;
 /// struct OrderPlaced { order_id: u64 }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), outbox_core::Error> {
+/// # async fn main() -> Result<(), outbox_engine::Error> {
 /// // A destination: here a list; a real sink sends over the network.
 /// let sent: Arc<Mutex<Vec<String>>> = Arc::default();
 /// let log = sent.clone();

@@ -11,7 +11,7 @@
 //!   [`Explorer::run_schedule`] replays.
 //!
 //! ```
-//! use outbox_core::testkit::explore::{Explorer, Schedule, Size};
+//! use outbox_engine::testkit::explore::{Explorer, Schedule, Size};
 //!
 //! // One schedule: a1 and b1 commit before the first claim, a2 after the
 //! // first batch and b2 rolls back; the destination fails a2 the first
@@ -112,8 +112,8 @@
 //! schedule, so the same exploration runs against any [`TestStore`]:
 //!
 //! ```
-//! # use outbox_core::InMemoryStore;
-//! # use outbox_core::testkit::explore::{Explorer, Size};
+//! # use outbox_engine::InMemoryStore;
+//! # use outbox_engine::testkit::explore::{Explorer, Size};
 //! let explorer = Explorer::new(Size::Small).store(|| async {
 //!     InMemoryStore::new() // yours: connect, migrate, return it empty
 //! });

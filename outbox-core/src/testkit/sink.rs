@@ -5,7 +5,7 @@
 //!
 //! ```ignore
 //! async fn sink() -> Option<(MySink, MyDestination)> { /* a fresh sink */ }
-//! outbox_core::sink_conformance_tests!(sink);
+//! outbox_engine::sink_conformance_tests!(sink);
 //! ```
 //!
 //! [`sink_conformance_tests!`](crate::sink_conformance_tests) expands to

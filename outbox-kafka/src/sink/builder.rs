@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use outbox_core::OutboxRecord;
+use outbox_engine::OutboxRecord;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::producer::FutureProducer;
@@ -16,7 +16,7 @@ use crate::Error;
 /// Nothing is checked until [`build`](KafkaSinkBuilder::build).
 ///
 /// ```no_run
-/// use outbox_kafka::KafkaSink;
+/// use outbox_rdkafka::KafkaSink;
 /// use rdkafka::ClientConfig;
 ///
 /// let mut config = ClientConfig::new();
@@ -25,7 +25,7 @@ use crate::Error;
 ///     .topic_prefix("staging.")
 ///     .unknown_topic_is_permanent(false)
 ///     .build()?;
-/// # Ok::<(), outbox_kafka::Error>(())
+/// # Ok::<(), outbox_rdkafka::Error>(())
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct KafkaSinkBuilder<C = TracingContext> {
@@ -76,8 +76,8 @@ impl<C> KafkaSinkBuilder<C> {
     /// after a fatal error. Default: [`TracingContext`].
     ///
     /// ```no_run
-    /// use outbox_kafka::KafkaSink;
-    /// use outbox_kafka::rdkafka::{ClientConfig, ClientContext, Statistics};
+    /// use outbox_rdkafka::KafkaSink;
+    /// use outbox_rdkafka::rdkafka::{ClientConfig, ClientContext, Statistics};
     ///
     /// #[derive(Clone)]
     /// struct Stats;
@@ -93,7 +93,7 @@ impl<C> KafkaSinkBuilder<C> {
     ///     .set("bootstrap.servers", "kafka:9092")
     ///     .set("statistics.interval.ms", "10000");
     /// let sink = KafkaSink::builder(config).context(Stats).build()?;
-    /// # Ok::<(), outbox_kafka::Error>(())
+    /// # Ok::<(), outbox_rdkafka::Error>(())
     /// ```
     pub fn context<D>(self, context: D) -> KafkaSinkBuilder<D>
     where

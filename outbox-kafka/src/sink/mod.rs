@@ -10,11 +10,11 @@ mod settle;
 
 /// A record for unit tests: `{}` of type `E` on `topic`.
 #[cfg(test)]
-fn test_record(id: i64, topic: &str, key: Option<&str>) -> outbox_core::OutboxRecord {
+fn test_record(id: i64, topic: &str, key: Option<&str>) -> outbox_engine::OutboxRecord {
     let now = chrono::Utc::now();
-    outbox_core::OutboxRecord::from_new(
+    outbox_engine::OutboxRecord::from_new(
         id,
-        outbox_core::NewRecord {
+        outbox_engine::NewRecord {
             event_id: uuid::Uuid::now_v7(),
             topic: topic.into(),
             key: key.map(Into::into),
@@ -34,8 +34,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::sink::collect_outcomes;
-use outbox_core::{OutboxRecord, Outcome, Sink};
+use outbox_engine::sink::collect_outcomes;
+use outbox_engine::{OutboxRecord, Outcome, Sink};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -172,7 +172,7 @@ use crate::config::{apply_defaults, check_bootstrap, keeps_partitions_gapless, m
 /// **One record at a time** otherwise (idempotence off,
 /// `enable.gapless.guarantee=false`, limited `retries`, or a producer from
 /// [`from_producer`](KafkaSink::from_producer) made without these
-/// settings): the sink is built on [`outbox_core::publish_by_key`], which
+/// settings): the sink is built on [`outbox_engine::publish_by_key`], which
 /// keeps these rules for every sink. For each key, the records of a batch
 /// are sent one after the other: the next record of a key is handed to the
 /// producer only once the previous one's delivery report says it is

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::stream::{FuturesUnordered, StreamExt};
-use outbox_core::{HeldBack, OutboxRecord, Outcome};
+use outbox_engine::{HeldBack, OutboxRecord, Outcome};
 use tokio::time::Instant;
 
 use super::publish::RecordResult;

@@ -10,8 +10,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use outbox_core::sink::publish_by_key;
-use outbox_core::{OutboxRecord, Outcome};
+use outbox_engine::sink::publish_by_key;
+use outbox_engine::{OutboxRecord, Outcome};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};

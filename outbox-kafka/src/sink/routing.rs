@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use outbox_core::OutboxRecord;
+use outbox_engine::OutboxRecord;
 
 /// A function choosing a record's topic.
 pub(crate) type RouteFn = Arc<dyn Fn(&OutboxRecord) -> String + Send + Sync>;

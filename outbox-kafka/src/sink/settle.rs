@@ -1,7 +1,7 @@
 //! What a record's result becomes: its [`Outcome`], with this crate's
 //! errors inside.
 
-use outbox_core::{HeldBack, OutboxRecord, Outcome};
+use outbox_engine::{HeldBack, OutboxRecord, Outcome};
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
 

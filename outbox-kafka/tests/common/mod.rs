@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use outbox_core::{NewRecord, OutboxEvent, OutboxRecord, Outcome, Sink};
-use outbox_kafka::{Error, KafkaSink};
+use outbox_engine::{NewRecord, OutboxEvent, OutboxRecord, Outcome, Sink};
+use outbox_rdkafka::{Error, KafkaSink};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// An ordered event with a key.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, outbox_core::OutboxEvent)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, outbox_engine::OutboxEvent)]
 #[outbox(topic = "orders", key = order_id, event_type = "test.OrderPlaced", version = 2)]
 pub(crate) struct OrderPlaced {
     pub(crate) order_id: u64,
@@ -31,7 +31,7 @@ pub(crate) struct OrderPlaced {
 }
 
 /// An event without a key.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, outbox_core::OutboxEvent)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, outbox_engine::OutboxEvent)]
 #[outbox(topic = "heartbeats", event_type = "test.Heartbeat")]
 pub(crate) struct Heartbeat {
     pub(crate) beat: u32,
@@ -273,7 +273,7 @@ pub(crate) fn error_of(outcome: &Outcome) -> &Error {
         .error()
         .expect("not delivered")
         .downcast_ref::<Error>()
-        .expect("an outbox_kafka::Error")
+        .expect("an outbox_rdkafka::Error")
 }
 
 /// Publishes `records` again and again, as the relay would, keeping the
@@ -322,7 +322,7 @@ pub(crate) fn assert_first_copies_in_order(records: &[OutboxRecord], messages: &
     }
     let mut seen: BTreeMap<Option<String>, Vec<Uuid>> = BTreeMap::new();
     for message in messages {
-        let decoded = outbox_kafka::decode_message(message).expect("an outbox message");
+        let decoded = outbox_rdkafka::decode_message(message).expect("an outbox message");
         let ids = seen.entry(decoded.key).or_default();
         if !ids.contains(&decoded.event_id) {
             ids.push(decoded.event_id);
@@ -363,7 +363,7 @@ pub(crate) fn event_ids(messages: &[OwnedMessage]) -> Vec<Uuid> {
     messages
         .iter()
         .map(|m| {
-            outbox_kafka::decode_message(m)
+            outbox_rdkafka::decode_message(m)
                 .expect("an outbox message")
                 .event_id
         })

@@ -1,4 +1,4 @@
-use outbox_core::OutboxEvent;
+use outbox_engine::OutboxEvent;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, OutboxEvent)]

@@ -1,4 +1,4 @@
-use outbox_core::OutboxEvent;
+use outbox_engine::OutboxEvent;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
@@ -10,7 +10,7 @@ struct Broken {
 fn publish(_: Box<dyn OutboxEvent>) {}
 
 fn decode() -> Option<Broken> {
-    outbox_core::decode_as::<Broken>("Broken", b"{}")
+    outbox_engine::decode_as::<Broken>("Broken", b"{}")
         .ok()
         .flatten()
 }

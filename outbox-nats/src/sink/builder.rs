@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use outbox_core::OutboxRecord;
+use outbox_engine::OutboxRecord;
 
 use super::{NatsSink, Options};
 use crate::Error;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use outbox_core::sink::{collect_outcomes, publish_by_key};
-use outbox_core::{OutboxRecord, Outcome, Sink};
+use outbox_engine::sink::{collect_outcomes, publish_by_key};
+use outbox_engine::{OutboxRecord, Outcome, Sink};
 
 pub use builder::NatsSinkBuilder;
 

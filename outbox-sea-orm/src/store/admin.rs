@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use outbox_core::{DeadFilter, OutboxRecord, OutboxStats, RecordRef, Status, TopicStats};
+use outbox_engine::{DeadFilter, OutboxRecord, OutboxStats, RecordRef, Status, TopicStats};
 use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement};
 use sea_orm::{

@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use outbox_core::{ClaimRequest, OutboxRecord, Status};
+use outbox_engine::{ClaimRequest, OutboxRecord, Status};
 use sea_orm::sea_query::Query;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, FromQueryResult, IdenStatic,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use crate::enqueue::Mode;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use outbox_core::{
+use outbox_engine::{
     ClaimRequest, DeadFilter, NewRecord, OutboxAdmin, OutboxRecord, OutboxStats, OutboxStore,
     RecordRef, Settled, Settlement, StoreError,
 };
@@ -55,7 +55,7 @@ use crate::error::{Error, fail};
 /// writer at a time).
 ///
 /// It implements [`OutboxStore`] for the relay and [`OutboxAdmin`] for
-/// operators, with the same behaviour as `outbox_core::InMemoryStore` (both
+/// operators, with the same behaviour as `outbox_engine::InMemoryStore` (both
 /// pass the store conformance suite). Clones share the connection pool.
 ///
 /// The tables come from the `migration` crate (`outbox-migration`).
@@ -335,7 +335,7 @@ impl OutboxAdmin for SeaOrmStore {
 /// and leaves writers' transactions open.
 #[cfg(feature = "testkit")]
 #[async_trait]
-impl outbox_core::testkit::TestStore for SeaOrmStore {
+impl outbox_engine::testkit::TestStore for SeaOrmStore {
     fn advance_clock(&self, by: std::time::Duration) {
         let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
         self.offset.fetch_add(micros, Ordering::Relaxed);
@@ -344,7 +344,7 @@ impl outbox_core::testkit::TestStore for SeaOrmStore {
     async fn begin_write(
         &self,
         records: &[NewRecord],
-    ) -> Result<Option<Box<dyn outbox_core::testkit::OpenTransaction>>, StoreError> {
+    ) -> Result<Option<Box<dyn outbox_engine::testkit::OpenTransaction>>, StoreError> {
         if self.backend() == DbBackend::Sqlite {
             return Ok(None);
         }
@@ -369,7 +369,7 @@ struct OpenTransaction(DatabaseTransaction);
 
 #[cfg(feature = "testkit")]
 #[async_trait]
-impl outbox_core::testkit::OpenTransaction for OpenTransaction {
+impl outbox_engine::testkit::OpenTransaction for OpenTransaction {
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         self.0
             .commit()

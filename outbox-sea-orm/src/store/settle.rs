@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
-use outbox_core::{DeadLetter, Settled, Settlement, Status};
+use outbox_engine::{DeadLetter, Settled, Settlement, Status};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Query, UpdateStatement};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, Value};
 
@@ -357,7 +357,7 @@ pub(super) async fn refresh(txn: &DatabaseTransaction, keys: &[String]) -> Resul
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use outbox_core::Retry;
+    use outbox_engine::Retry;
     use sea_orm::DbBackend;
 
     use super::*;
