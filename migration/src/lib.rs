@@ -10,11 +10,12 @@
 //! - [`Inbox`]: the consumer's `inbox` table (`outbox_sea_orm::inbox`),
 //!   for services that consume outbox events; not part of
 //!   [`migrations`] ([`inbox_migrations`]).
-//! - [`Migrator`]: a migrator with just these, for services that keep no
-//!   migrations of their own.
+//! - [`migrate`]: applies them apart from a service's own migrations,
+//!   recorded in `outbox_migrations`; [`Migrator`] is the same as a
+//!   `MigratorTrait`.
 //!
 //! Most services have a `Migrator` already; add the outbox migrations to
-//! it:
+//! it, all of them ([`migrations`]), after your own:
 //!
 //! ```
 //! use sea_orm_migration::prelude::*;
@@ -24,17 +25,25 @@
 //! #[async_trait::async_trait]
 //! impl MigratorTrait for Migrator {
 //!     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-//!         vec![
+//!         let mut migrations: Vec<Box<dyn MigrationTrait>> = vec![
 //!             // ... your own migrations ...
-//!             Box::new(outbox_migration::Migration),
-//!         ]
+//!         ];
+//!         migrations.extend(outbox_migration::migrations());
+//!         migrations
 //!     }
 //! }
 //! ```
 //!
-//! Or run this crate's [`Migrator`] at start-up
-//! (`outbox_migration::Migrator::up(&db, None).await?`), or `outbox migrate`
-//! (the `outbox-cli` crate), or this crate's own command line:
+//! Or leave your `Migrator` alone and apply the outbox migrations apart,
+//! with [`migrate`] at start-up or `outbox migrate` (the `outbox-cli`
+//! crate): they record them in a table of their own, `outbox_migrations`
+//! ([`MIGRATION_TABLE`]), so your `Migrator` never meets a version it does
+//! not know. Both ways work on one database, in either order, and you can
+//! switch from one to the other: each migration creates only what does not
+//! exist yet, and [`migrate`] takes over the outbox's rows from
+//! `seaql_migrations` when a service stops listing the outbox migrations.
+//! This crate's command line runs [`Migrator`] (sea-orm-migration's
+//! commands, recorded in `outbox_migrations` too):
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1/app cargo run -p outbox-migration --features cli -- up
@@ -48,7 +57,9 @@
 //!   or database driver: the application's own `sea-orm` features decide.
 
 pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{DatabaseConnection, DbBackend, Statement, TransactionTrait as _};
 
+mod existing;
 mod m20261128_000001_create_outbox_table;
 pub mod m20261201_000001_key_heads;
 pub mod m20261202_000001_inbox;
@@ -68,8 +79,16 @@ pub fn inbox_migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![Box::new(Inbox)]
 }
 
-/// Runs the outbox migrations, for services without a migrator of their
-/// own.
+/// The table the outbox migrations are recorded in when applied apart
+/// from a service's own migrations ([`migrate`], [`Migrator`], `outbox
+/// migrate`): not `seaql_migrations`, where a service's `Migrator` would
+/// meet versions it does not know and refuse to run.
+pub const MIGRATION_TABLE: &str = "outbox_migrations";
+
+/// The outbox migrations as a `MigratorTrait`, recorded in
+/// [`MIGRATION_TABLE`]: `Migrator::up(&db, None)` applies them (prefer
+/// [`migrate`], which also takes the outbox's rows over from
+/// `seaql_migrations`), `Migrator::status(&db)` lists them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Migrator;
 
@@ -78,4 +97,142 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         migrations()
     }
+
+    fn migration_table_name() -> DynIden {
+        Alias::new(MIGRATION_TABLE).into_iden()
+    }
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Migrated {
+    /// The migrations it applied (their names), in order.
+    pub applied: Vec<String>,
+    /// Those already applied.
+    pub up_to_date: Vec<String>,
+    /// Rows of these migrations it moved from `seaql_migrations` to
+    /// [`MIGRATION_TABLE`] (a service's `Migrator` had applied them).
+    pub taken_over: Vec<String>,
+}
+
+/// Applies the outbox migrations (and the inbox's, with `inbox`) apart
+/// from the service's own, recording them in [`MIGRATION_TABLE`]: what
+/// `outbox migrate` runs.
+///
+/// Versions of these migrations that a service's own `Migrator` recorded in
+/// `seaql_migrations` are moved to [`MIGRATION_TABLE`], so a service that
+/// stopped listing the outbox migrations can run its `Migrator` again; one
+/// that still lists them applies them again at its next run, which changes
+/// nothing (each creates only what is missing).
+pub async fn migrate(db: &DatabaseConnection, inbox: bool) -> Result<Migrated, DbErr> {
+    let mut wanted = migrations();
+    if inbox {
+        wanted.extend(inbox_migrations());
+    }
+    Migrator::install(db).await?;
+    let backend = db.get_database_backend();
+    let mut outcome = Migrated::default();
+    let applied = versions(db, MIGRATION_TABLE).await?;
+    let manager = SchemaManager::new(db);
+    let theirs = if existing::has_table(&manager, "seaql_migrations").await? {
+        versions(db, "seaql_migrations").await?
+    } else {
+        Vec::new()
+    };
+    for migration in &wanted {
+        let name = migration.name();
+        if let Some((_, at)) = theirs.iter().find(|(version, _)| version == name) {
+            let txn = db.begin().await?;
+            if !applied.iter().any(|(version, _)| version == name) {
+                record(&txn, name, *at).await?;
+            }
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                placeholders(backend, "DELETE FROM seaql_migrations WHERE version = ?"),
+                [name.into()],
+            ))
+            .await?;
+            txn.commit().await?;
+            outcome.taken_over.push(name.to_owned());
+        }
+    }
+    let applied = versions(db, MIGRATION_TABLE).await?;
+    for migration in &wanted {
+        let name = migration.name();
+        if applied.iter().any(|(version, _)| version == name) {
+            outcome.up_to_date.push(name.to_owned());
+            continue;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() as i64);
+        // PostgreSQL rolls DDL back with the transaction; MySQL/MariaDB
+        // commit each DDL statement, and each migration skips what exists.
+        if backend == DbBackend::Postgres {
+            let txn = db.begin().await?;
+            migration.up(&SchemaManager::new(&txn)).await?;
+            record(&txn, name, now).await?;
+            txn.commit().await?;
+        } else {
+            migration.up(&SchemaManager::new(db)).await?;
+            record(db, name, now).await?;
+        }
+        outcome.applied.push(name.to_owned());
+    }
+    Ok(outcome)
+}
+
+/// `sql` with `?` placeholders as `$1, $2, ...` on PostgreSQL.
+fn placeholders(backend: DbBackend, sql: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::new();
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The versions recorded in `table`, with when they were applied.
+async fn versions<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> Result<Vec<(String, i64)>, DbErr> {
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!("SELECT version, applied_at FROM {table}"),
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("", "version")?, row.try_get("", "applied_at")?)))
+        .collect()
+}
+
+/// Records `version` in [`MIGRATION_TABLE`].
+async fn record<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    version: &str,
+    applied_at: i64,
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        placeholders(
+            backend,
+            &format!("INSERT INTO {MIGRATION_TABLE} (version, applied_at) VALUES (?, ?)"),
+        ),
+        [version.into(), applied_at.into()],
+    ))
+    .await?;
+    Ok(())
 }

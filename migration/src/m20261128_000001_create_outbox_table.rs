@@ -175,13 +175,16 @@ impl Migration {
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// Creates the table and its indexes, those that do not exist yet: the
+    /// migration may run twice on one database (from `outbox migrate` and
+    /// from the service's own `Migrator`), and the second run changes
+    /// nothing.
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        manager.create_table(Self::create_table(backend)).await?;
-        for index in Self::create_indexes(backend) {
-            manager.create_index(index).await?;
+        if !crate::existing::has_table(manager, "outbox").await? {
+            manager.create_table(Self::create_table(backend)).await?;
         }
-        Ok(())
+        crate::existing::create_missing_indexes(manager, Self::create_indexes(backend)).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

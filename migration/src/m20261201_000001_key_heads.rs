@@ -145,8 +145,15 @@ async fn no_pad_collation(manager: &SchemaManager<'_>) -> Result<&'static str, D
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// Creates `outbox_keys` and fills it, unless it exists already (the
+    /// migration ran, from `outbox migrate` or the service's own
+    /// `Migrator`): then it only creates the indexes that are missing.
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
+        if crate::existing::has_table(manager, "outbox_keys").await? {
+            return crate::existing::create_missing_indexes(manager, Self::create_indexes(backend))
+                .await;
+        }
         let db = manager.get_connection();
         let mut collation = "";
         if backend == DbBackend::MySql {
@@ -160,9 +167,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(Self::create_table(backend, collation))
             .await?;
-        for index in Self::create_indexes(backend) {
-            manager.create_index(index).await?;
-        }
+        crate::existing::create_missing_indexes(manager, Self::create_indexes(backend)).await?;
         // Every key with pending records starts at its first one.
         db.execute_unprepared(
             "INSERT INTO outbox_keys (partition_key, next_at)

@@ -55,18 +55,18 @@ impl Migration {
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// Creates the table and its index, those that do not exist yet.
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        manager.create_table(Self::create_table(backend)).await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("idx_inbox_processed")
-                    .table(Inbox::Table)
-                    .col(Inbox::ProcessedAt)
-                    .to_owned(),
-            )
-            .await
+        if !crate::existing::has_table(manager, "inbox").await? {
+            manager.create_table(Self::create_table(backend)).await?;
+        }
+        let index = Index::create()
+            .name("idx_inbox_processed")
+            .table(Inbox::Table)
+            .col(Inbox::ProcessedAt)
+            .to_owned();
+        crate::existing::create_missing_indexes(manager, vec![index]).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -1,21 +1,18 @@
-//! `outbox migrate`: the outbox migrations, applied on their own.
+//! `outbox migrate`: the outbox migrations, applied on their own
+//! (`outbox_migration::migrate`).
 //!
-//! They are recorded in sea-orm-migration's `seaql_migrations` table, as a
-//! service's own `Migrator` records them, so either can apply them and the
-//! other sees them applied; this command leaves the service's own
-//! migrations alone (sea-orm-migration's `Migrator::up` would refuse a
-//! table that lists migrations it does not know).
+//! They are recorded in a table of their own, `outbox_migrations`, never in
+//! the service's `seaql_migrations`, whose `Migrator` would refuse to run
+//! beside versions it does not know. A service may list the outbox
+//! migrations in its own `Migrator` as well, before or after: each one
+//! creates only what does not exist yet.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use migration::{MigrationTrait, Migrator, MigratorTrait, SchemaManager};
-use sea_orm::{
-    ActiveModelTrait, Database, DatabaseConnection, DbBackend, EntityTrait, Set, TransactionTrait,
-};
-use sea_orm_migration::seaql_migrations;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 
 /// `outbox migrate`.
 #[derive(Debug, Args)]
@@ -47,27 +44,19 @@ pub(crate) async fn run(url: &str, args: &MigrateArgs) -> anyhow::Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
-    Migrator::install(&db)
+    let migrated = migration::migrate(&db, args.inbox)
         .await
-        .context("cannot create the migrations table (seaql_migrations)")?;
-    let applied = applied(&db)
-        .await
-        .context("cannot read the migrations table (seaql_migrations)")?;
-    let mut count = 0;
-    for migration in &migrations {
-        if applied.contains(migration.name()) {
-            continue;
-        }
-        apply(&db, &**migration)
-            .await
-            .with_context(|| format!("migration {} failed", migration.name()))?;
-        println!("applied  {}", migration.name());
-        count += 1;
+        .context("the outbox migrations failed")?;
+    for name in &migrated.taken_over {
+        println!("moved    {name} (from seaql_migrations to outbox_migrations)");
     }
-    if count == 0 {
+    for name in &migrated.applied {
+        println!("applied  {name}");
+    }
+    if migrated.applied.is_empty() {
         println!(
             "the outbox tables are up to date ({} migrations applied)",
-            migrations.len()
+            migrated.up_to_date.len()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -92,31 +81,21 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         })
 }
 
-/// The versions in `seaql_migrations`.
+/// The versions recorded in `outbox_migrations` or in `seaql_migrations`
+/// (by a service's own `Migrator`).
 async fn applied(db: &DatabaseConnection) -> Result<HashSet<String>, sea_orm::DbErr> {
-    Ok(seaql_migrations::Entity::find()
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|row| row.version)
-        .collect())
-}
-
-/// Runs one migration and records it, in one transaction where the
-/// database can roll DDL back (PostgreSQL).
-async fn apply(db: &DatabaseConnection, migration: &dyn MigrationTrait) -> anyhow::Result<()> {
-    let record = seaql_migrations::ActiveModel {
-        version: Set(migration.name().to_owned()),
-        applied_at: Set(chrono::Utc::now().timestamp()),
-    };
-    if db.get_database_backend() == DbBackend::Postgres {
-        let txn = db.begin().await?;
-        migration.up(&SchemaManager::new(&txn)).await?;
-        record.insert(&txn).await?;
-        txn.commit().await?;
-    } else {
-        migration.up(&SchemaManager::new(db)).await?;
-        record.insert(db).await?;
+    let mut applied = HashSet::new();
+    for table in [migration::MIGRATION_TABLE, "seaql_migrations"] {
+        let statement = Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT version FROM {table}"),
+        );
+        // A table that does not exist lists nothing.
+        if let Ok(rows) = db.query_all_raw(statement).await {
+            for row in rows {
+                applied.insert(row.try_get::<String>("", "version")?);
+            }
+        }
     }
-    Ok(())
+    Ok(applied)
 }
