@@ -429,6 +429,14 @@ pub trait OutboxAdmin: Send + Sync {
     /// index in the SQL store): cheap next to a relay's work, not free on
     /// a backlog of millions.
     async fn stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError>;
+
+    /// The backlog, for gauges read every few seconds on every relay:
+    /// [`stats`](Self::stats) without counting the published records
+    /// (`published` is 0), so it costs what the pending and dead records
+    /// cost, never the published history. The default calls `stats`.
+    async fn backlog(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
+        self.stats(now).await
+    }
 }
 
 macro_rules! forward_store {

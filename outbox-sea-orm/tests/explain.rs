@@ -159,6 +159,14 @@ async fn postgres_reads_only_what_it_claims() {
             assert!(plan.contains("idx_outbox_dead"), "{plan}");
             continue;
         }
+        if name == "stats for the gauges" {
+            // The gauges cost what the backlog costs: the published
+            // history is not read at all.
+            assert!(!plan.contains("idx_outbox_published"), "{plan}");
+            assert!(!plan.contains("'published'"), "{plan}");
+            assert!(plan.contains("idx_outbox_dead"), "{plan}");
+            continue;
+        }
         if name == "stats by topic" {
             // Pending records read whole, as above; dead ones by index.
             assert!(plan.contains("idx_outbox_dead"), "{plan}");

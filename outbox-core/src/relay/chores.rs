@@ -83,7 +83,7 @@ impl Chores {
                     let before = now() - TimeDelta::from_std(retain).unwrap_or(TimeDelta::MAX);
                     purge_published(&**admin, relay_id, before, &mut stop).await;
                 }
-                Chore::Report => match admin.stats(now()).await {
+                Chore::Report => match admin.backlog(now()).await {
                     Ok(stats) => report_backlog(&stats, now(), &mut topics),
                     Err(error) => tracing::warn!(
                         relay = relay_id,

@@ -329,25 +329,39 @@ pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), E
         .await
 }
 
-fn stats_statement(backend: DbBackend, now: DateTime<Utc>) -> Statement {
+fn stats_statement(backend: DbBackend, now: DateTime<Utc>, published: bool) -> Statement {
+    // The published records are the outbox's history: counted for
+    // `stats`, never for the gauges' `backlog`.
+    let published = if published {
+        "(SELECT COUNT(*) FROM outbox WHERE status = 'published')"
+    } else {
+        // A count of nothing, typed as the counts are on every database.
+        "(SELECT COUNT(*) FROM outbox_keys WHERE 1 = 0)"
+    };
     render(
         backend,
         // One count per status, each through that status's index, rather
         // than one scan of the whole table.
-        "SELECT
+        &format!(
+            "SELECT
   (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS pending,
   (SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND locked_until > :now) AS leased,
   (SELECT COUNT(*) FROM outbox_keys k JOIN outbox o ON o.partition_key = k.partition_key
    WHERE k.held_by IS NOT NULL AND o.status = 'pending') AS held,
-  (SELECT COUNT(*) FROM outbox WHERE status = 'published') AS published,
+  {published} AS published,
   (SELECT COUNT(*) FROM outbox WHERE status = 'dead') AS dead,
-  (SELECT MIN(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending_at",
+  (SELECT MIN(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending_at"
+        ),
         &[("now", Param::one(now))],
     )
 }
 
-pub(super) async fn stats(store: &SeaOrmStore, now: DateTime<Utc>) -> Result<OutboxStats, Error> {
-    let statement = stats_statement(store.backend(), now);
+pub(super) async fn stats(
+    store: &SeaOrmStore,
+    now: DateTime<Utc>,
+    published: bool,
+) -> Result<OutboxStats, Error> {
+    let statement = stats_statement(store.backend(), now, published);
     let row = match store.connection().query_one_raw(statement).await {
         Ok(row) => row,
         Err(error) => return Err(store.fail("count outbox records", error).await),
@@ -447,7 +461,8 @@ WHERE status = 'dead' AND partition_key IS NOT NULL",
                 &[],
             ),
         ),
-        ("stats", stats_statement(backend, now)),
+        ("stats", stats_statement(backend, now, true)),
+        ("stats for the gauges", stats_statement(backend, now, false)),
         ("stats by topic", topic_stats_statement(backend)),
         ("find idle keys", keys::idle_keys(backend, 1000)),
     ]

@@ -327,7 +327,11 @@ impl OutboxAdmin for SeaOrmStore {
     }
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
-        Ok(admin::stats(self, now).await?)
+        Ok(admin::stats(self, now, true).await?)
+    }
+
+    async fn backlog(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
+        Ok(admin::stats(self, now, false).await?)
     }
 }
 
