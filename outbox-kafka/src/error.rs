@@ -1,4 +1,4 @@
-//! The errors of `outbox-kafka`.
+//! The errors of `outbox-rdkafka`.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::classify::hint;
 
-/// Everything that can go wrong in `outbox-kafka`: building a
+/// Everything that can go wrong in `outbox-rdkafka`: building a
 /// [`KafkaSink`](crate::KafkaSink), publishing one record (inside an
 /// [`Outcome`](outbox_engine::Outcome)), decoding a consumed message.
 ///
@@ -82,6 +82,38 @@ pub enum Error {
         behind: Uuid,
         /// The key both share.
         key: String,
+    },
+
+    /// The record was not delivered while the connection to the brokers
+    /// failed: a TLS handshake, a SASL login, brokers out of reach. The
+    /// message says which settings to check; the record is retried.
+    #[error("Kafka did not take event {event_id} for topic `{topic}`: {broker}; it is retried")]
+    BrokerConnection {
+        /// The record's event id.
+        event_id: Uuid,
+        /// The topic it was sent to.
+        topic: String,
+        /// What librdkafka reported about the connection.
+        broker: Box<crate::BrokerError>,
+    },
+
+    /// The brokers did not answer [`check_brokers`](crate::check_brokers).
+    #[error(
+        "cannot reach the Kafka brokers at {brokers} within {timeout:?}: {}",
+        match .broker {
+            Some(broker) => broker.to_string(),
+            None => format!("{error}; check `bootstrap.servers` and that the brokers are up"),
+        }
+    )]
+    Brokers {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// What librdkafka reported about the connection, when it did.
+        broker: Option<Box<crate::BrokerError>>,
+        /// The metadata request's error.
+        error: Box<KafkaError>,
     },
 
     /// No delivery report came back in time (`message.timeout.ms` after
@@ -190,7 +222,7 @@ pub enum Error {
     /// A consumed message's payload does not decode into its event type.
     #[error("{error} (message at {at})")]
     Decode {
-        /// What `outbox-core` said.
+        /// What `outbox-engine` said.
         error: outbox_engine::Error,
         /// Where the message is: topic, partition, offset.
         at: String,
@@ -204,7 +236,9 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Delivery { retriable, .. } => *retriable,
+            Error::Brokers { broker, .. } => !broker.as_ref().is_some_and(|b| b.is_security()),
             Error::HeldBack { .. }
+            | Error::BrokerConnection { .. }
             | Error::DeliveryTimeout { .. }
             | Error::ProducerFatal { .. }
             | Error::ProducerUnavailable { .. } => true,
@@ -219,6 +253,7 @@ impl Error {
                 error.rdkafka_error_code()
             }
             Error::ProducerFatal { code, .. } => Some(*code),
+            Error::BrokerConnection { broker, .. } => Some(broker.code),
             _ => None,
         }
     }

@@ -65,6 +65,7 @@
 //! - `cmake-build`: build librdkafka with CMake.
 //! - `dynamic-linking`: link the system's librdkafka instead.
 
+mod brokers;
 mod classify;
 mod config;
 mod consume;
@@ -77,6 +78,7 @@ mod sink;
 /// sink and reads topics without pinning the same version by hand.
 pub use rdkafka;
 
+pub use brokers::check_brokers;
 pub use consume::{HandleError, Handled, handle_message};
 pub use decode::{DecodedEvent, decode_message, decode_message_as};
 pub use error::Error;
@@ -85,4 +87,4 @@ pub use headers::{
     CONTENT_TYPE_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER,
     TRACEPARENT_HEADER,
 };
-pub use sink::{KafkaSink, KafkaSinkBuilder, TracingContext};
+pub use sink::{BrokerError, KafkaSink, KafkaSinkBuilder, OAuthContext, TracingContext};

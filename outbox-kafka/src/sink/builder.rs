@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use outbox_engine::OutboxRecord;
 use rdkafka::ClientConfig;
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::producer::FutureProducer;
 
 use super::routing::Routing;
@@ -33,6 +33,8 @@ pub struct KafkaSinkBuilder<C = TracingContext> {
     routing: Routing,
     unknown_topic_is_permanent: bool,
     context: Option<C>,
+    /// The context that keeps the last broker error, when the sink's own.
+    watch: Option<TracingContext>,
 }
 
 impl<C> std::fmt::Debug for KafkaSinkBuilder<C> {
@@ -50,12 +52,110 @@ impl<C> std::fmt::Debug for KafkaSinkBuilder<C> {
 
 impl KafkaSinkBuilder {
     pub(super) fn new(config: ClientConfig) -> Self {
+        let context = TracingContext::default();
         Self {
             config,
             routing: Routing::default(),
             unknown_topic_is_permanent: false,
-            context: Some(TracingContext),
+            watch: Some(context.clone()),
+            context: Some(context),
         }
+    }
+
+    /// Gives librdkafka OAUTHBEARER tokens from `provider` (with
+    /// `security.protocol=sasl_ssl` and `sasl.mechanism=OAUTHBEARER`):
+    /// librdkafka calls it at start and again before each token expires,
+    /// with `sasl.oauthbearer.config` if set. This is the hook for a
+    /// token that must be made in code, such as AWS MSK IAM's signed token
+    /// (the `aws-msk-iam-sasl-signer` crate) or a cloud identity's; for an
+    /// OIDC token endpoint, librdkafka's own `sasl.oauthbearer.method=oidc`
+    /// needs no code. The sink keeps its logs and broker errors
+    /// ([`TracingContext`]).
+    ///
+    /// ```no_run
+    /// use outbox_rdkafka::KafkaSink;
+    /// use outbox_rdkafka::rdkafka::ClientConfig;
+    /// use outbox_rdkafka::rdkafka::client::OAuthToken;
+    ///
+    /// let mut config = ClientConfig::new();
+    /// config
+    ///     .set("bootstrap.servers", "b-1.example.kafka.us-east-1.amazonaws.com:9098")
+    ///     .set("security.protocol", "sasl_ssl")
+    ///     .set("sasl.mechanism", "OAUTHBEARER");
+    /// let sink = KafkaSink::builder(config)
+    ///     .oauth_token(|_config: Option<&str>| {
+    ///         // Sign or fetch a token here.
+    ///         Ok(OAuthToken {
+    ///             token: "eyJ...".to_owned(),
+    ///             principal_name: "outbox-relay".to_owned(),
+    ///             lifetime_ms: chrono::Utc::now().timestamp_millis() + 900_000,
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), outbox_rdkafka::Error>(())
+    /// ```
+    pub fn oauth_token<F>(self, provider: F) -> KafkaSinkBuilder<OAuthContext>
+    where
+        F: Fn(Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let tracing = self.watch.clone().unwrap_or_default();
+        KafkaSinkBuilder {
+            config: self.config,
+            routing: self.routing,
+            unknown_topic_is_permanent: self.unknown_topic_is_permanent,
+            watch: Some(tracing.clone()),
+            context: Some(OAuthContext {
+                tracing,
+                provider: Arc::new(provider),
+            }),
+        }
+    }
+}
+
+/// The client context of a sink built with
+/// [`KafkaSinkBuilder::oauth_token`]: the sink's [`TracingContext`], and
+/// OAUTHBEARER tokens from the provider.
+#[derive(Clone)]
+pub struct OAuthContext {
+    tracing: TracingContext,
+    provider: Arc<TokenProvider>,
+}
+
+/// What [`KafkaSinkBuilder::oauth_token`] takes.
+type TokenProvider =
+    dyn Fn(Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> + Send + Sync;
+
+impl std::fmt::Debug for OAuthContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for OAuthContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.tracing.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.tracing.error(error, reason);
+    }
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        (self.provider)(oauthbearer_config).inspect_err(|error| {
+            tracing::error!(
+                target: "librdkafka",
+                %error,
+                "the OAUTHBEARER token provider failed; librdkafka asks again shortly"
+            );
+        })
     }
 }
 
@@ -66,6 +166,7 @@ impl<C> KafkaSinkBuilder<C> {
             routing: Routing::default(),
             unknown_topic_is_permanent: false,
             context: None,
+            watch: None,
         }
     }
 
@@ -73,7 +174,10 @@ impl<C> KafkaSinkBuilder<C> {
     /// [`ClientContext`] of your own: an OAUTHBEARER or AWS MSK IAM token
     /// refresh, the statistics callback. It replaces the default
     /// [`TracingContext`]; the sink clones it for the producer it makes
-    /// after a fatal error. Default: [`TracingContext`].
+    /// after a fatal error. Default: [`TracingContext`]. (Records the sink
+    /// could not deliver then carry librdkafka's error only, not the
+    /// broker error the default context keeps; for OAUTHBEARER tokens,
+    /// [`oauth_token`](KafkaSinkBuilder::oauth_token) keeps it.)
     ///
     /// ```no_run
     /// use outbox_rdkafka::KafkaSink;
@@ -104,6 +208,7 @@ impl<C> KafkaSinkBuilder<C> {
             routing: self.routing,
             unknown_topic_is_permanent: self.unknown_topic_is_permanent,
             context: Some(context),
+            watch: None,
         }
     }
 
@@ -174,6 +279,7 @@ impl<C> KafkaSinkBuilder<C> {
             routing,
             unknown_topic_is_permanent,
             context,
+            watch,
         } = self;
         check_prefix(&routing)?;
         let context = context.ok_or_else(|| {
@@ -184,6 +290,7 @@ impl<C> KafkaSinkBuilder<C> {
             routing,
             unknown_topic_is_permanent,
             Box::new(move || context.clone()),
+            watch,
         )
     }
 

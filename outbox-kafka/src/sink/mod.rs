@@ -41,12 +41,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
 
 pub use builder::KafkaSinkBuilder;
-pub use context::TracingContext;
+pub use builder::OAuthContext;
+pub use context::{BrokerError, TracingContext};
 
 use self::publish::{Limits, RecordResult, publish_batch};
 use self::purge::PurgeGate;
 use self::routing::Routing;
-use self::settle::{held_back_as_ours, outcome, unless_fatal};
+use self::settle::{held_back_as_ours, outcome, unless_fatal, with_broker_error};
 use crate::Error;
 use crate::config::{apply_defaults, check_bootstrap, keeps_partitions_gapless, message_timeout};
 
@@ -249,6 +250,8 @@ struct Inner<C: ClientContext + 'static> {
     /// The context of a replacement; `None` for a producer the
     /// application made ([`KafkaSink::from_producer`]).
     context: Option<ContextFactory<C>>,
+    /// The sink's own context, which keeps the last broker error.
+    watch: Option<TracingContext>,
 }
 
 impl KafkaSink {
@@ -354,6 +357,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
         routing: Routing,
         unknown_topic_is_permanent: bool,
         context: ContextFactory<C>,
+        watch: Option<TracingContext>,
     ) -> Result<Self, Error> {
         check_bootstrap(&config)?;
         let defaults_applied = apply_defaults(&mut config);
@@ -371,6 +375,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
             pipelined,
             producer,
             Some(context),
+            watch,
         ))
     }
 
@@ -413,9 +418,11 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
             pipelined,
             producer,
             None,
+            None,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)] // one per field of `Inner`, named at both call sites
     fn assemble(
         config: ClientConfig,
         defaults_applied: Vec<String>,
@@ -424,6 +431,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
         pipelined: bool,
         producer: FutureProducer<C>,
         context: Option<ContextFactory<C>>,
+        watch: Option<TracingContext>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -436,6 +444,7 @@ impl<C: ClientContext + 'static> KafkaSink<C> {
                 order_gaps: AtomicU64::new(0),
                 producer: RwLock::new(Arc::new(producer)),
                 context,
+                watch,
             }),
         }
     }
@@ -534,7 +543,13 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
         }
 
         let settle = |record: &OutboxRecord, result: RecordResult| {
-            outcome(unless_fatal(&producer, record, result))
+            let result = unless_fatal(&producer, record, result);
+            outcome(with_broker_error(
+                inner.watch.as_ref(),
+                inner.limits,
+                record,
+                result,
+            ))
         };
         let report = |index: usize, outcome: Outcome| report(index, held_back_as_ours(outcome));
         let gaps = publish_batch(

@@ -61,3 +61,59 @@ pub(super) fn unless_fatal<C: ClientContext + 'static>(
         result => result,
     }
 }
+
+/// A record that timed out, or found no broker, while the brokers refused
+/// the connection's security (a TLS handshake, a SASL login):
+/// [`Error::BrokerConnection`], which names the settings to check. Still
+/// retriable: nothing goes dead for a setting an operator fixes. (Brokers
+/// merely down keep librdkafka's own error, which says so.)
+pub(super) fn with_broker_error(
+    watch: Option<&super::TracingContext>,
+    limits: super::publish::Limits,
+    record: &OutboxRecord,
+    result: RecordResult,
+) -> RecordResult {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    let Err(error) = &result else {
+        return result;
+    };
+    let (topic, unreached) = match error {
+        Error::Delivery {
+            topic,
+            error,
+            retriable: true,
+            ..
+        } => (
+            topic,
+            matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    C::MessageTimedOut
+                        | C::RequestTimedOut
+                        | C::TimedOutQueue
+                        | C::AllBrokersDown
+                        | C::BrokerTransportFailure
+                        | C::Resolve
+                )
+            ),
+        ),
+        Error::DeliveryTimeout { topic, .. } => (topic, true),
+        _ => return result,
+    };
+    let Some(broker) = watch
+        .and_then(super::TracingContext::last_broker_error)
+        .filter(super::BrokerError::is_security)
+    else {
+        return result;
+    };
+    // Only an error seen while the record waited counts.
+    let recent = broker.at.elapsed() <= limits.timeout + std::time::Duration::from_secs(30);
+    if !unreached || !recent {
+        return result;
+    }
+    Err(Error::BrokerConnection {
+        event_id: record.event_id,
+        topic: topic.clone(),
+        broker: Box::new(broker),
+    })
+}
