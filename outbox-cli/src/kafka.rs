@@ -15,18 +15,19 @@ use rdkafka::client::DefaultClientContext;
 pub(crate) struct KafkaArgs {
     /// The bootstrap brokers, host:port[,host:port...].
     #[arg(long, env = "KAFKA_BROKERS")]
-    brokers: Option<String>,
-    /// A librdkafka property, such as -X security.protocol=ssl (repeat
-    /// for more; these win over --kafka-config).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = property)]
+    pub(crate) brokers: Option<String>,
+    /// A librdkafka property, such as -X security.protocol=sasl_ssl (repeat
+    /// for more; these win over --kafka-config). In the environment,
+    /// separate them with `;`.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = property, env = "OUTBOX_KAFKA_X", value_delimiter = ';', hide_env_values = true)]
     properties: Vec<(String, String)>,
     /// A file of librdkafka properties, one key=value per line (# starts a
-    /// comment).
-    #[arg(long, value_name = "FILE")]
+    /// comment): TLS files, SASL credentials (mount it from a secret).
+    #[arg(long, value_name = "FILE", env = "OUTBOX_KAFKA_CONFIG")]
     kafka_config: Option<PathBuf>,
-    /// How long to wait for the brokers to answer at start.
-    #[arg(long, value_name = "PERIOD", default_value = "10s", value_parser = crate::db::period)]
-    broker_timeout: Duration,
+    /// How long one check of the brokers waits for an answer.
+    #[arg(long, value_name = "PERIOD", default_value = "10s", value_parser = crate::db::period, env = "OUTBOX_BROKER_TIMEOUT")]
+    pub(crate) broker_timeout: Duration,
 }
 
 fn property(text: &str) -> Result<(String, String), String> {

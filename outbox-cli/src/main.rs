@@ -31,7 +31,7 @@ const EXAMPLES: &str = "\
 Examples:
   export DATABASE_URL=postgres://app@127.0.0.1/app
   outbox migrate
-  outbox relay --brokers 127.0.0.1:9092 --metrics-addr 0.0.0.0:9464
+  outbox relay --brokers 127.0.0.1:9092
   outbox status --json
   outbox dead list --topic orders
   outbox dead requeue --all --topic orders
@@ -56,7 +56,7 @@ struct Global {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// How log lines look on stderr (the level comes from RUST_LOG).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "OUTBOX_LOG_FORMAT")]
     log_format: LogFormat,
 }
 
@@ -71,7 +71,8 @@ enum Command {
     /// Creates or updates the outbox tables (the outbox migrations).
     #[command(after_help = "Examples:\n  outbox migrate\n  outbox migrate --status")]
     Migrate(migrate::MigrateArgs),
-    /// Publishes committed records to Kafka until Ctrl-C or SIGTERM.
+    /// Publishes committed records to Kafka (or NATS) until Ctrl-C or
+    /// SIGTERM.
     #[command(after_help = relay::EXAMPLES)]
     Relay(relay::RelayArgs),
     /// Counts records by status and topic, and the age of the oldest

@@ -27,6 +27,7 @@ fn relay(db: &TestDb, brokers: &str) -> Command {
         .env("DATABASE_URL", &db.url)
         .env_remove("KAFKA_BROKERS")
         .env_remove("RUST_LOG")
+        .env("OUTBOX_HTTP_ADDR", "off")
         .args(["relay", "--brokers", brokers])
         .args([
             "--batch-size",
