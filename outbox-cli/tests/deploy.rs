@@ -1,7 +1,8 @@
 //! The relay as it is deployed: the command line of `deploy/outbox-relay.service`
 //! runs and its probes answer, the probes of `deploy/kubernetes.yaml` answer
 //! on the port it names, and a relay whose database or brokers are not there
-//! yet waits for them, not ready, without exiting.
+//! yet waits for them, not ready, without exiting, and publishes once they
+//! come.
 
 #[path = "../../outbox-sea-orm/tests/common/mod.rs"]
 mod common;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
 use common::{Backend, TestDb};
+use outbox_engine::{NewRecord, OutboxAdmin, OutboxEvent, OutboxStore};
 use rdkafka::mocking::MockCluster;
 
 fn free_port() -> SocketAddr {
@@ -291,6 +293,51 @@ async fn a_relay_waits_for_its_database_and_brokers_not_ready_and_never_exits() 
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(child.try_wait().unwrap().is_none(), "the relay exited");
+
+    // The brokers come up where the relay looks for them: it becomes ready
+    // and publishes what was enqueued meanwhile.
+    let store = db.store();
+    store
+        .enqueue(&[NewRecord::from_event(&Deployed { n: 1 }).unwrap()])
+        .await
+        .unwrap();
+    let mock = kafka();
+    forward(nothing, mock.bootstrap_servers());
+    until_answers(addr, "/readyz", 200, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stats(chrono::Utc::now()).await.unwrap().published < 1 {
+        assert!(Instant::now() < deadline, "the record was not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = terminate(&mut child, Duration::from_secs(10));
     assert!(status.success(), "{status}");
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, OutboxEvent)]
+#[outbox(topic = "deployed")]
+struct Deployed {
+    n: u32,
+}
+
+/// Listens on `at` from now on and forwards each connection to `to`, the
+/// bootstrap address of brokers that came up elsewhere.
+fn forward(at: SocketAddr, to: String) {
+    let listener = TcpListener::bind(at).unwrap();
+    std::thread::spawn(move || {
+        for inbound in listener.incoming() {
+            let Ok(inbound) = inbound else { return };
+            let Ok(outbound) = TcpStream::connect(&to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                (outbound, inbound),
+            ] {
+                std::thread::spawn(move || {
+                    std::io::copy(&mut from, &mut into).ok();
+                    into.shutdown(std::net::Shutdown::Both).ok();
+                });
+            }
+        }
+    });
 }
