@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use outbox_engine::Wakeup;
 use sea_orm::{
@@ -164,7 +163,8 @@ impl Outbox {
 
 /// How long [`listen`] waits before trying again when its connection
 /// fails.
-const LISTEN_RETRY: Duration = Duration::from_secs(1);
+#[cfg(feature = "postgres")]
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Wakes `wakeup` whenever a transaction of another process commits
 /// through an [`Outbox`] with [`notify_on_commit`](Outbox::notify_on_commit)
