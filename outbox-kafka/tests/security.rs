@@ -512,3 +512,42 @@ async fn the_oauthbearer_token_provider_is_asked_and_a_refused_token_is_named() 
     );
     assert!(last.contains("OAUTHBEARER token"), "{last}");
 }
+
+/// A token provider that panics (an `unwrap` in a signer) costs one token,
+/// not the producer: librdkafka calls it on the producer's polling thread,
+/// which goes on, and asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_token_provider_is_asked_again() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let asked = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&asked);
+    let oauth = config(
+        &mock.bootstrap_servers(),
+        &[
+            ("security.protocol", "sasl_plaintext".into()),
+            ("sasl.mechanism", "OAUTHBEARER".into()),
+        ],
+    );
+    let _sink = KafkaSink::builder(oauth)
+        .oauth_token(move |_: Option<&str>| {
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("the signer failed");
+            }
+            Ok(OAuthToken {
+                token: "token".to_owned(),
+                principal_name: "outbox-relay".to_owned(),
+                lifetime_ms: chrono::Utc::now().timestamp_millis() + 600_000,
+            })
+        })
+        .build()
+        .unwrap();
+    // librdkafka asks again 10 s after a failed refresh.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while asked.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the provider was not asked again after its panic"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

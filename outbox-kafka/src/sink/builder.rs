@@ -149,7 +149,22 @@ impl ClientContext for OAuthContext {
         &self,
         oauthbearer_config: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        (self.provider)(oauthbearer_config).inspect_err(|error| {
+        // librdkafka calls this on the producer's polling thread: a panic
+        // there would end delivery reports for good, so it becomes an error
+        // and librdkafka asks again.
+        let provider = &self.provider;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            provider(oauthbearer_config)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(format!("the token provider panicked: {what}").into())
+        })
+        .inspect_err(|error| {
             tracing::error!(
                 target: "librdkafka",
                 %error,
