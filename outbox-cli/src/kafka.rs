@@ -17,9 +17,10 @@ pub(crate) struct KafkaArgs {
     #[arg(long, env = "KAFKA_BROKERS")]
     pub(crate) brokers: Option<String>,
     /// A librdkafka property, such as -X security.protocol=sasl_ssl (repeat
-    /// for more; these win over --kafka-config). In the environment,
-    /// separate them with `;`.
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = property, env = "OUTBOX_KAFKA_X", value_delimiter = ';', hide_env_values = true)]
+    /// for more; these win over --kafka-config). Without -X, they come from
+    /// the environment variable OUTBOX_KAFKA_X, separated by `;` (secrets
+    /// belong in --kafka-config).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = property)]
     properties: Vec<(String, String)>,
     /// A file of librdkafka properties, one key=value per line (# starts a
     /// comment): TLS files, SASL credentials (mount it from a secret).
@@ -29,6 +30,10 @@ pub(crate) struct KafkaArgs {
     #[arg(long, value_name = "PERIOD", default_value = "10s", value_parser = crate::db::period, env = "OUTBOX_BROKER_TIMEOUT")]
     pub(crate) broker_timeout: Duration,
 }
+
+/// librdkafka properties from the environment, `;`-separated: what -X
+/// gives on the command line.
+const PROPERTIES_ENV: &str = "OUTBOX_KAFKA_X";
 
 fn property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -61,6 +66,20 @@ impl KafkaArgs {
         }
         for (key, value) in &self.properties {
             config.set(key, value);
+        }
+        // Split here, not by clap: a `;` inside a value given with -X stays.
+        if self.properties.is_empty()
+            && let Ok(listed) = std::env::var(PROPERTIES_ENV)
+        {
+            for item in listed.split(';').filter(|item| !item.trim().is_empty()) {
+                let (key, value) = property(item).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{PROPERTIES_ENV} holds an item that is not key=value; separate \
+                         properties with `;`"
+                    )
+                })?;
+                config.set(key, value);
+            }
         }
         if let Some(brokers) = &self.brokers {
             config.set("bootstrap.servers", brokers);

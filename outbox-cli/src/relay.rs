@@ -48,6 +48,7 @@ pub(crate) struct RelayArgs {
         long,
         value_name = "URL",
         env = "OUTBOX_NATS_URL",
+        hide_env_values = true,
         conflicts_with = "brokers"
     )]
     nats_url: Option<String>,
@@ -159,6 +160,9 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
         None => Target::Kafka(args.kafka.config()?),
     };
 
+    // One listener for the whole run, installed now: a SIGTERM while the
+    // relay still waits for its database is not lost.
+    let mut signalled = tokio::spawn(signal());
     let readiness = Arc::new(Readiness::default());
     let (stop, stopped) = watch::channel(false);
     let server = match args.http_addr {
@@ -180,7 +184,8 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
     // beside them): wait, with backoff, not ready meanwhile.
     let started = tokio::select! {
         started = start(url, &args, &target, &readiness) => started?,
-        signal = signal() => {
+        signal = &mut signalled => {
+            let signal = signal.unwrap_or("a signal");
             tracing::info!(signal, "stopping before the relay started");
             let _ = stop.send(true);
             if let Some(server) = server {
@@ -209,11 +214,25 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
     }
     let relay: Arc<CliRelay> = Arc::new(builder.build().context("invalid relay settings")?);
     let listening = if args.listen {
-        Some(
-            outbox_sea_orm::listen(&store, relay.wakeup())
-                .await
-                .context("cannot listen for outbox notifications (--listen)")?,
-        )
+        let listen = until_ok(&readiness, "LISTEN (--listen)", || async {
+            match outbox_sea_orm::listen(&store, relay.wakeup()).await {
+                Ok(listening) => Ok(Ok(listening)),
+                Err(error) if error.is_retriable() => Err(outbox_engine::error_chain(&error)),
+                Err(error) => Ok(Err(anyhow::Error::new(error)
+                    .context("cannot listen for outbox notifications (--listen)"))),
+            }
+        });
+        tokio::select! {
+            listening = listen => Some(listening?),
+            signal = &mut signalled => {
+                tracing::info!(signal = signal.unwrap_or("a signal"), "stopping before the relay started");
+                let _ = stop.send(true);
+                if let Some(server) = server {
+                    server.await.ok();
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
     } else {
         None
     };
@@ -242,7 +261,8 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
     let drained = drained(&store, args.until_empty, args.poll_interval);
     tokio::select! {
         () = &mut run => {}
-        signal = signal() => {
+        signal = &mut signalled => {
+            let signal = signal.unwrap_or("a signal");
             tracing::info!(
                 signal,
                 timeout = %humantime::format_duration(args.shutdown_timeout),
@@ -354,7 +374,10 @@ async fn start(
                 }
             })
             .await?;
-            (Box::new(sink), format!("nats {nats}"))
+            (
+                Box::new(sink),
+                format!("nats {}", outbox_sea_orm::redact_url(nats)),
+            )
         }
     };
     Ok((store, sink, described))
@@ -482,7 +505,7 @@ async fn drained(store: &SeaOrmStore, until_empty: bool, every: Duration) {
     }
     loop {
         tokio::time::sleep(every).await;
-        match store.stats(Utc::now()).await {
+        match store.backlog(Utc::now()).await {
             Ok(stats) if stats.pending == stats.held => {
                 if stats.held > 0 {
                     tracing::warn!(

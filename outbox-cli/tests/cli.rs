@@ -468,6 +468,45 @@ fn every_help_carries_an_example() {
     }
 }
 
+#[test]
+fn every_relay_option_names_its_environment_variable() {
+    let out = std::process::Command::cargo_bin("outbox")
+        .unwrap()
+        .args(["relay", "--help"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let help = stdout(&out);
+    let options = help
+        .split("Options:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nExamples:").next())
+        .expect("an Options section");
+    // An option starts a line with `-`, indented a little (its text's
+    // lines are indented far more); its text runs to the next one.
+    let mut blocks: Vec<String> = Vec::new();
+    for line in options.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if indent < 10 && line.trim_start().starts_with('-') {
+            blocks.push(line.to_owned());
+        } else if let Some(last) = blocks.last_mut() {
+            last.push(' ');
+            last.push_str(line.trim());
+        }
+    }
+    assert!(blocks.len() > 20, "{help}");
+    for block in blocks
+        .iter()
+        .filter(|b| !b.contains("--help") && !b.contains("--version"))
+    {
+        let block = block.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            block.contains("[env: ") || block.contains("variable OUTBOX_"),
+            "no environment variable named: {block}"
+        );
+    }
+}
+
 /// A Kafka broker for the relay: the one at `KAFKA_BROKERS` (its topics
 /// created with `outbox topics ensure`), or a mock cluster.
 struct Broker {

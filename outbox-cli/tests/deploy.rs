@@ -341,3 +341,40 @@ fn forward(at: SocketAddr, to: String) {
         }
     });
 }
+
+/// librdkafka properties from `OUTBOX_KAFKA_X`, `;`-separated, and from -X,
+/// where a `;` inside a value stays part of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_properties_come_from_the_environment_and_from_x() {
+    let Some(db) = TestDb::new(Backend::SqliteFile).await else {
+        return;
+    };
+    let mock = kafka();
+    let from_env = format!(
+        "bootstrap.servers={};client.id=from-env",
+        mock.bootstrap_servers()
+    );
+    let x = format!("bootstrap.servers={}", mock.bootstrap_servers());
+    for (env, args) in [
+        (Some(from_env.as_str()), vec!["relay"]),
+        (None, vec!["relay", "-X", &x, "-X", "client.id=relay;one"]),
+    ] {
+        let addr = free_port();
+        let mut command = Command::cargo_bin("outbox").unwrap();
+        command
+            .args(&args)
+            .env("DATABASE_URL", &db.url)
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("OUTBOX_KAFKA_X")
+            .env("OUTBOX_HTTP_ADDR", addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(env) = env {
+            command.env("OUTBOX_KAFKA_X", env);
+        }
+        let mut child = command.spawn().unwrap();
+        until_answers(addr, "/readyz", 200, Duration::from_secs(30));
+        let status = terminate(&mut child, Duration::from_secs(10));
+        assert!(status.success(), "{args:?}: {status}");
+    }
+}
