@@ -57,7 +57,9 @@
 //!   or database driver: the application's own `sea-orm` features decide.
 
 pub use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{DatabaseConnection, DbBackend, Statement, TransactionTrait as _};
+use sea_orm_migration::sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbBackend, Statement, TransactionTrait as _,
+};
 
 mod existing;
 mod m20261128_000001_create_outbox_table;
@@ -126,26 +128,106 @@ pub struct Migrated {
 /// that still lists them applies them again at its next run, which changes
 /// nothing (each creates only what is missing).
 pub async fn migrate(db: &DatabaseConnection, inbox: bool) -> Result<Migrated, DbErr> {
+    let backend = db.get_database_backend();
+    // One connection for the whole run, under a lock: a second `migrate`
+    // (another replica starting at the same time) waits for this one, then
+    // finds everything applied. On PostgreSQL and SQLite the run is one
+    // transaction, DDL included; MySQL/MariaDB commit each DDL statement,
+    // and each migration creates only what is missing.
+    let txn = db.begin().await?;
+    lock(&txn, backend).await?;
+    match migrate_locked(&txn, backend, inbox).await {
+        Ok(outcome) => {
+            unlock(&txn, backend).await?;
+            txn.commit().await?;
+            Ok(outcome)
+        }
+        Err(error) => {
+            unlock(&txn, backend).await.ok();
+            txn.rollback().await.ok();
+            Err(error)
+        }
+    }
+}
+
+/// The name of the lock `migrate` holds: PostgreSQL's advisory lock key,
+/// MySQL's `GET_LOCK` name.
+const LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
+const LOCK_NAME: &str = "outbox_migrate";
+/// How long `migrate` waits for another one on MySQL/MariaDB.
+const LOCK_WAIT_SECONDS: i64 = 300;
+
+async fn lock(txn: &DatabaseTransaction, backend: DbBackend) -> Result<(), DbErr> {
+    match backend {
+        DbBackend::Postgres => {
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT pg_advisory_xact_lock($1)",
+                [LOCK_KEY.into()],
+            ))
+            .await?;
+        }
+        DbBackend::MySql => {
+            let row = txn
+                .query_one_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT GET_LOCK(?, ?) AS got",
+                    [LOCK_NAME.into(), LOCK_WAIT_SECONDS.into()],
+                ))
+                .await?;
+            let got: Option<i64> = match row {
+                Some(row) => row.try_get("", "got")?,
+                None => None,
+            };
+            if got != Some(1) {
+                return Err(DbErr::Custom(format!(
+                    "another `outbox migrate` has held the lock `{LOCK_NAME}` for \
+                     {LOCK_WAIT_SECONDS} s; let it finish, or find the session holding it \
+                     (SELECT IS_USED_LOCK('{LOCK_NAME}'))"
+                )));
+            }
+        }
+        // A write transaction: SQLite's one writer at a time.
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn unlock(txn: &DatabaseTransaction, backend: DbBackend) -> Result<(), DbErr> {
+    if backend == DbBackend::MySql {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT RELEASE_LOCK(?)",
+            [LOCK_NAME.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+async fn migrate_locked(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    inbox: bool,
+) -> Result<Migrated, DbErr> {
     let mut wanted = migrations();
     if inbox {
         wanted.extend(inbox_migrations());
     }
-    Migrator::install(db).await?;
-    let backend = db.get_database_backend();
+    Migrator::install(txn).await?;
     let mut outcome = Migrated::default();
-    let applied = versions(db, MIGRATION_TABLE).await?;
-    let manager = SchemaManager::new(db);
+    let applied = versions(txn, MIGRATION_TABLE).await?;
+    let manager = SchemaManager::new(txn);
     let theirs = if existing::has_table(&manager, "seaql_migrations").await? {
-        versions(db, "seaql_migrations").await?
+        versions(txn, "seaql_migrations").await?
     } else {
         Vec::new()
     };
     for migration in &wanted {
         let name = migration.name();
         if let Some((_, at)) = theirs.iter().find(|(version, _)| version == name) {
-            let txn = db.begin().await?;
             if !applied.iter().any(|(version, _)| version == name) {
-                record(&txn, name, *at).await?;
+                record(txn, name, *at).await?;
             }
             txn.execute_raw(Statement::from_sql_and_values(
                 backend,
@@ -153,11 +235,10 @@ pub async fn migrate(db: &DatabaseConnection, inbox: bool) -> Result<Migrated, D
                 [name.into()],
             ))
             .await?;
-            txn.commit().await?;
             outcome.taken_over.push(name.to_owned());
         }
     }
-    let applied = versions(db, MIGRATION_TABLE).await?;
+    let applied = versions(txn, MIGRATION_TABLE).await?;
     for migration in &wanted {
         let name = migration.name();
         if applied.iter().any(|(version, _)| version == name) {
@@ -167,17 +248,8 @@ pub async fn migrate(db: &DatabaseConnection, inbox: bool) -> Result<Migrated, D
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs() as i64);
-        // PostgreSQL rolls DDL back with the transaction; MySQL/MariaDB
-        // commit each DDL statement, and each migration skips what exists.
-        if backend == DbBackend::Postgres {
-            let txn = db.begin().await?;
-            migration.up(&SchemaManager::new(&txn)).await?;
-            record(&txn, name, now).await?;
-            txn.commit().await?;
-        } else {
-            migration.up(&SchemaManager::new(db)).await?;
-            record(db, name, now).await?;
-        }
+        migration.up(&manager).await?;
+        record(txn, name, now).await?;
         outcome.applied.push(name.to_owned());
     }
     Ok(outcome)

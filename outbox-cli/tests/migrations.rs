@@ -235,3 +235,46 @@ async fn outbox_migrate_and_a_services_migrator_in_every_order_on_mariadb() {
 async fn outbox_migrate_and_a_services_migrator_in_every_order_on_sqlite() {
     every_order(Backend::SqliteFile).await;
 }
+
+/// Four replicas starting at once, each running `outbox migrate` on a fresh
+/// database: every one succeeds (the others wait for the first's lock, then
+/// find everything applied), and each migration is recorded once.
+async fn replicas_at_once(backend: Backend) {
+    let Some(db) = TestDb::without_outbox(backend).await else {
+        return;
+    };
+    println!("{backend:?}: four `outbox migrate` at once");
+    tokio::join!(
+        outbox_migrate(&db.url),
+        outbox_migrate(&db.url),
+        outbox_migrate(&db.url),
+        outbox_migrate(&db.url),
+    );
+    OwnMigrator::up(&db.db, None)
+        .await
+        .expect("the service's Migrator after them");
+    check(&db, "after four at once").await;
+    assert_eq!(
+        versions(&db.db, "outbox_migrations").await,
+        [
+            "m20261128_000001_create_outbox_table",
+            "m20261201_000001_key_heads"
+        ],
+        "each migration recorded once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_migrating_at_once_on_postgres() {
+    replicas_at_once(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_migrating_at_once_on_mariadb() {
+    replicas_at_once(Backend::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_migrating_at_once_on_sqlite() {
+    replicas_at_once(Backend::SqliteFile).await;
+}
