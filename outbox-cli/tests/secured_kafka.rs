@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::cargo::CommandCargoExt;
 use common::{Backend, TestDb};
 use outbox_engine::{NewRecord, OutboxAdmin, OutboxEvent, OutboxStore};
-use secured::{certificates, config, create_topic, free_port, program, tansu, tls_proxy};
+use secured::{certificates, config, create_topic, free_port, program, tls_broker};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, OutboxEvent)]
 #[outbox(topic = "secured-cli", key = order)]
@@ -50,18 +50,8 @@ async fn outbox_relay_publishes_over_tls_and_names_a_wrong_ca() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path(), "server");
     certificates(dir.path(), "stranger");
-    let (plain, secured) = (free_port(), free_port());
-    let _broker = tansu(
-        &bin,
-        dir.path(),
-        plain,
-        &format!("localhost:{secured}"),
-        "memory://tansu/",
-        false,
-    );
-    let _tls = tls_proxy(dir.path(), secured, plain, None);
-    let brokers = format!("localhost:{secured}");
-    let ca = dir.path().join("server-ca.pem").display().to_string();
+    let broker = tls_broker(&bin, dir.path());
+    let (brokers, ca) = (broker.brokers.clone(), broker.ca.clone());
     create_topic(
         &config(
             &brokers,

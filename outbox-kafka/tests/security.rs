@@ -131,20 +131,11 @@ async fn the_relay_publishes_over_tls_and_a_wrong_ca_is_named() {
     certificates(dir.path(), "server");
     certificates(dir.path(), "client");
     certificates(dir.path(), "stranger");
-    let (plain, secured, mutual) = (free_port(), free_port(), free_port());
-    // tansu tells clients to connect to the TLS port.
-    let _broker = tansu(
-        &bin,
-        dir.path(),
-        plain,
-        &format!("localhost:{secured}"),
-        "memory://tansu/",
-        false,
-    );
-    let _tls = tls_proxy(dir.path(), secured, plain, None);
-    let ca = dir.path().join("server-ca.pem").display().to_string();
+    let mutual = free_port();
+    let broker = tls_broker(&bin, dir.path());
+    let (plain, ca) = (broker.plain, broker.ca.clone());
     let tls = config(
-        &format!("localhost:{secured}"),
+        &broker.brokers,
         &[
             ("security.protocol", "ssl".into()),
             ("ssl.ca.location", ca.clone()),
@@ -159,7 +150,7 @@ async fn the_relay_publishes_over_tls_and_a_wrong_ca_is_named() {
     // A CA that did not sign the brokers' certificate.
     let stranger = dir.path().join("stranger-ca.pem").display().to_string();
     let wrong = config(
-        &format!("localhost:{secured}"),
+        &broker.brokers,
         &[
             ("security.protocol", "ssl".into()),
             ("ssl.ca.location", stranger),

@@ -210,3 +210,37 @@ pub(crate) async fn create_topic(config: &ClientConfig, topic: &str) {
         result.expect("topic created");
     }
 }
+
+/// A tansu broker (in memory) behind a TLS listener with `server`'s
+/// certificate (see [`certificates`]), telling clients to connect to the
+/// TLS port. Stopped on drop.
+pub(crate) struct TlsBroker {
+    /// `localhost:<TLS port>`, for `bootstrap.servers`.
+    pub(crate) brokers: String,
+    /// The plaintext port tansu listens on, for more listeners in front.
+    pub(crate) plain: u16,
+    /// The CA file that signed the listener's certificate.
+    pub(crate) ca: String,
+    _tls: Running,
+    _broker: Running,
+}
+
+pub(crate) fn tls_broker(bin: &Path, dir: &Path) -> TlsBroker {
+    let (plain, secured) = (free_port(), free_port());
+    let broker = tansu(
+        bin,
+        dir,
+        plain,
+        &format!("localhost:{secured}"),
+        "memory://tansu/",
+        false,
+    );
+    let tls = tls_proxy(dir, secured, plain, None);
+    TlsBroker {
+        brokers: format!("localhost:{secured}"),
+        plain,
+        ca: dir.join("server-ca.pem").display().to_string(),
+        _tls: tls,
+        _broker: broker,
+    }
+}
