@@ -1,10 +1,12 @@
-//! The quickstart: an order service in miniature.
+//! The quickstart: an order service in miniature, written against the
+//! one `outbox` crate as a service would be.
 //!
 //! It places orders in database transactions, each order writing its
 //! events to the outbox in the same transaction (some orders are rolled
-//! back on purpose), runs the relay until the outbox is drained, reads the
-//! topic back and checks that every committed event arrived, once, in order
-//! per order, and that no rolled-back event did.
+//! back on purpose), runs the relay (`Relay::run`) until every committed
+//! event is published, reads the topic back and checks that every
+//! committed event arrived, once, in order per order, and that no
+//! rolled-back event did.
 //!
 //! ```text
 //! cargo run -p outbox-examples --bin quickstart
@@ -20,17 +22,18 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use migration::{Migrator, MigratorTrait};
-use outbox_engine::{OutboxAdmin, OutboxEvent, Relay, RunReport};
-use outbox_rdkafka::{DecodedEvent, KafkaSink, decode_message};
-use outbox_sea_orm::SeaOrmStore;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use sea_orm::TransactionTrait;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, Schema, Set};
+use outbox::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use outbox::kafka::rdkafka::client::DefaultClientContext;
+use outbox::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use outbox::kafka::rdkafka::mocking::MockCluster;
+use outbox::kafka::rdkafka::producer::DefaultProducerContext;
+use outbox::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use outbox::kafka::{DecodedEvent, KafkaSink, decode_message};
+use outbox::sea_orm::{SeaOrmStore, enqueue_all};
+use outbox::{OutboxAdmin, OutboxEvent, Relay};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, Schema, Set, TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -116,9 +119,10 @@ async fn run() -> Result<(), BoxError> {
     println!("  database: {}", database.description);
     println!("  kafka:    {}", kafka.description);
 
-    // 1. The outbox table and the business table.
+    // 1. The outbox tables (recorded apart from the service's own
+    // migrations) and the business table.
     let db = &database.connection;
-    Migrator::up(db, None).await?;
+    outbox::migration::migrate(db, false).await?;
     let schema = Schema::new(db.get_database_backend());
     db.execute(
         schema
@@ -147,20 +151,32 @@ async fn run() -> Result<(), BoxError> {
         rolled_back.len()
     );
 
-    // 3. The relay, until the outbox is drained.
+    // 3. The relay, run until every committed event is published: its
+    // shutdown future resolves once nothing is pending.
     let store = SeaOrmStore::new(db.clone());
     let sink = KafkaSink::builder(kafka.config())
         .topic_prefix(format!("quickstart-{run_id}."))
         .build()?;
     let relay = Relay::builder(store.clone(), sink).batch_size(16).build()?;
     let started = Instant::now();
-    let report = drain(&relay, &store).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async {
+        stopped.await.ok();
+    };
+    let watch = async {
+        let drained = drained(&store).await;
+        let _ = stop.send(());
+        drained
+    };
+    let ((), drained) = tokio::join!(relay.run(shutdown), watch);
+    drained?;
+    let totals = relay.status().totals;
     println!(
         "relay: {} published in {:.0?} ({} retried, {} dead)",
-        report.published,
+        totals.published,
         started.elapsed(),
-        report.retried,
-        report.dead
+        totals.retried,
+        totals.dead
     );
 
     // 4. Read the topic back.
@@ -221,7 +237,7 @@ async fn place_order(
             carrier: ["post", "courier"][n % 2].to_owned(),
         }),
     ];
-    let ids = outbox_sea_orm::enqueue_all(&txn, &events).await?;
+    let ids = enqueue_all(&txn, &events).await?;
     let committed = n % 4 != 3;
     if committed {
         txn.commit().await?;
@@ -231,26 +247,18 @@ async fn place_order(
     Ok((order_id.to_string(), ids, committed))
 }
 
-/// Runs the relay until nothing is pending.
-async fn drain(
-    relay: &Relay<SeaOrmStore, KafkaSink>,
-    store: &SeaOrmStore,
-) -> Result<RunReport, BoxError> {
+/// Waits until nothing is pending, for 60 s at most.
+async fn drained(store: &SeaOrmStore) -> Result<(), BoxError> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut total = RunReport::default();
     loop {
-        let report = relay.run_once().await?;
-        total += report;
-        if report.claimed == 0 {
-            let stats = store.stats(chrono::Utc::now()).await?;
-            if stats.pending == 0 {
-                return Ok(total);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("the outbox was not drained in 60 s: {stats:?}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let backlog = store.backlog(chrono::Utc::now()).await?;
+        if backlog.pending == 0 {
+            return Ok(());
         }
+        if Instant::now() > deadline {
+            return Err(format!("the outbox was not drained in 60 s: {backlog:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -331,7 +339,7 @@ fn scheme(url: &str) -> &str {
 
 /// Kafka: `KAFKA_BROKERS`, or librdkafka's in-process mock cluster.
 struct Kafka {
-    mock: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    mock: Option<MockCluster<'static, DefaultProducerContext>>,
     bootstrap: String,
     description: String,
 }
