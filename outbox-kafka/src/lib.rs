@@ -72,6 +72,7 @@ mod consume;
 mod decode;
 mod error;
 mod headers;
+mod metrics;
 mod sink;
 
 /// The rdkafka this crate is built with, so an application configures the

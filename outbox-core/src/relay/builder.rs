@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::settlement::SettlementPolicy;
 use super::{Chores, Relay, RelayStatus, Wakeup};
 use crate::clock::{Clock, SystemClock};
 use crate::retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
@@ -255,9 +256,11 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             poll_interval: self.poll_interval,
             lease: self.lease,
             wakeup: self.wakeup.unwrap_or_default(),
-            retry_policy,
-            backoff: self.backoff,
-            dead_key_policy: self.dead_key_policy,
+            policy: SettlementPolicy {
+                retry_policy,
+                backoff: self.backoff,
+                dead_key_policy: self.dead_key_policy,
+            },
             clock: self.clock,
             chores: self.chores,
             claims: Default::default(),

@@ -9,6 +9,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 
+use super::metrics::{
+    DEAD_RECORDS, HELD_RECORDS, LEASED_RECORDS, OLDEST_PENDING_AGE_SECONDS, PENDING_RECORDS,
+    PURGED_TOTAL,
+};
 use crate::sink::error_chain;
 use crate::{OutboxAdmin, OutboxStats};
 
@@ -118,7 +122,7 @@ async fn purge_published(
         match admin.purge_published_batch(before, PURGE_BATCH).await {
             Ok(deleted) => {
                 purged += deleted;
-                metrics::counter!("outbox_purged_total").increment(deleted);
+                metrics::counter!(PURGED_TOTAL).increment(deleted);
                 if deleted < PURGE_BATCH as u64 {
                     break;
                 }
@@ -154,22 +158,22 @@ async fn purge_published(
 /// Sets the backlog gauges from `stats`; a topic seen before and gone now
 /// reads zero.
 fn report_backlog(stats: &OutboxStats, now: DateTime<Utc>, seen: &mut BTreeSet<String>) {
-    metrics::gauge!("outbox_held_records").set(stats.held as f64);
-    metrics::gauge!("outbox_leased_records").set(stats.leased as f64);
+    metrics::gauge!(HELD_RECORDS).set(stats.held as f64);
+    metrics::gauge!(LEASED_RECORDS).set(stats.leased as f64);
     let mut gone = std::mem::take(seen);
     for topic in &stats.topics {
         gone.remove(&topic.topic);
         seen.insert(topic.topic.clone());
         let label = [("topic", topic.topic.clone())];
-        metrics::gauge!("outbox_pending_records", &label).set(topic.pending as f64);
-        metrics::gauge!("outbox_dead_records", &label).set(topic.dead as f64);
-        metrics::gauge!("outbox_oldest_pending_age_seconds", &label)
+        metrics::gauge!(PENDING_RECORDS, &label).set(topic.pending as f64);
+        metrics::gauge!(DEAD_RECORDS, &label).set(topic.dead as f64);
+        metrics::gauge!(OLDEST_PENDING_AGE_SECONDS, &label)
             .set(topic.oldest_pending_age(now).as_secs_f64());
     }
     for topic in gone {
         let label = [("topic", topic)];
-        metrics::gauge!("outbox_pending_records", &label).set(0.0);
-        metrics::gauge!("outbox_dead_records", &label).set(0.0);
-        metrics::gauge!("outbox_oldest_pending_age_seconds", &label).set(0.0);
+        metrics::gauge!(PENDING_RECORDS, &label).set(0.0);
+        metrics::gauge!(DEAD_RECORDS, &label).set(0.0);
+        metrics::gauge!(OLDEST_PENDING_AGE_SECONDS, &label).set(0.0);
     }
 }

@@ -50,6 +50,7 @@ use self::routing::Routing;
 use self::settle::{held_back_as_ours, outcome, unless_fatal, with_broker_error};
 use crate::Error;
 use crate::config::{apply_defaults, check_bootstrap, keeps_partitions_gapless, message_timeout};
+use crate::metrics::ORDER_GAPS_TOTAL;
 
 /// A [`Sink`] that publishes outbox records to Kafka through an rdkafka
 /// [`FutureProducer`].
@@ -564,7 +565,7 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
         .await;
         if gaps > 0 {
             inner.order_gaps.fetch_add(gaps, Ordering::Relaxed);
-            metrics::counter!("outbox_kafka_order_gaps_total").increment(gaps);
+            metrics::counter!(ORDER_GAPS_TOTAL).increment(gaps);
         }
 
         if let Some((code, reason)) = producer.client().fatal_error() {
