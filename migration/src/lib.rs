@@ -65,10 +65,12 @@ mod existing;
 mod m20261128_000001_create_outbox_table;
 pub mod m20261201_000001_key_heads;
 pub mod m20261202_000001_inbox;
+mod tables;
 
 pub use m20261128_000001_create_outbox_table::Migration;
 pub use m20261201_000001_key_heads::Migration as KeyHeads;
 pub use m20261202_000001_inbox::Migration as Inbox;
+pub use tables::{InvalidName, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Tables};
 
 /// Every outbox migration, in order: add them to your own `Migrator`.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
@@ -79,6 +81,91 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 /// that handles outbox events.
 pub fn inbox_migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![Box::new(Inbox)]
+}
+
+/// [`migrations`] for the tables named in `tables`. With other than the
+/// default names, each migration's name ends with `_<outbox table>`, so
+/// two outboxes' migrations can be listed in one `Migrator`.
+pub fn migrations_for(tables: &Tables) -> Vec<Box<dyn MigrationTrait>> {
+    vec![
+        Box::new(Named::new(Step::Outbox, tables)),
+        Box::new(Named::new(Step::KeyHeads, tables)),
+    ]
+}
+
+/// [`inbox_migrations`] for the inbox table named in `tables`.
+pub fn inbox_migrations_for(tables: &Tables) -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(Named::new(Step::Inbox, tables))]
+}
+
+/// Which migration a [`Named`] one is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Outbox,
+    KeyHeads,
+    Inbox,
+}
+
+/// One of the outbox's migrations for the tables named in a [`Tables`].
+#[derive(Debug, Clone)]
+struct Named {
+    step: Step,
+    tables: Tables,
+    name: String,
+}
+
+impl Named {
+    fn new(step: Step, tables: &Tables) -> Self {
+        let base = match step {
+            Step::Outbox => Migration.name().to_owned(),
+            Step::KeyHeads => KeyHeads.name().to_owned(),
+            Step::Inbox => Inbox.name().to_owned(),
+        };
+        let name = if tables.is_default() {
+            base
+        } else {
+            format!("{base}_{}", tables.outbox())
+        };
+        Self {
+            step,
+            tables: tables.clone(),
+            name,
+        }
+    }
+}
+
+impl MigrationName for Named {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Named {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        self.tables
+            .check_backend(manager.get_database_backend())
+            .map_err(|error| DbErr::Custom(error.to_string()))?;
+        if let Some(schema) = self.tables.schema_name() {
+            manager
+                .get_connection()
+                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await?;
+        }
+        match self.step {
+            Step::Outbox => m20261128_000001_create_outbox_table::up(manager, &self.tables).await,
+            Step::KeyHeads => m20261201_000001_key_heads::up(manager, &self.tables).await,
+            Step::Inbox => m20261202_000001_inbox::up(manager, &self.tables).await,
+        }
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        match self.step {
+            Step::Outbox => m20261128_000001_create_outbox_table::down(manager, &self.tables).await,
+            Step::KeyHeads => m20261201_000001_key_heads::down(manager, &self.tables).await,
+            Step::Inbox => m20261202_000001_inbox::down(manager, &self.tables).await,
+        }
+    }
 }
 
 /// The table the outbox migrations are recorded in when applied apart
@@ -128,7 +215,21 @@ pub struct Migrated {
 /// that still lists them applies them again at its next run, which changes
 /// nothing (each creates only what is missing).
 pub async fn migrate(db: &DatabaseConnection, inbox: bool) -> Result<Migrated, DbErr> {
+    migrate_tables(db, &Tables::default(), inbox).await
+}
+
+/// [`migrate`] for the tables named in `tables`, recorded in
+/// [`Tables::migrations`] (`<outbox>_migrations`). In a PostgreSQL schema,
+/// the schema is created when missing.
+pub async fn migrate_tables(
+    db: &DatabaseConnection,
+    tables: &Tables,
+    inbox: bool,
+) -> Result<Migrated, DbErr> {
     let backend = db.get_database_backend();
+    tables
+        .check_backend(backend)
+        .map_err(|error| DbErr::Custom(error.to_string()))?;
     // One connection for the whole run, under a lock: a second `migrate`
     // (another replica starting at the same time) waits for this one, then
     // finds everything applied. On PostgreSQL and SQLite the run is one
@@ -136,7 +237,7 @@ pub async fn migrate(db: &DatabaseConnection, inbox: bool) -> Result<Migrated, D
     // and each migration creates only what is missing.
     let txn = db.begin().await?;
     lock(&txn, backend).await?;
-    match migrate_locked(&txn, backend, inbox).await {
+    match migrate_locked(&txn, backend, tables, inbox).await {
         Ok(outcome) => {
             unlock(&txn, backend).await?;
             txn.commit().await?;
@@ -208,17 +309,19 @@ async fn unlock(txn: &DatabaseTransaction, backend: DbBackend) -> Result<(), DbE
 async fn migrate_locked(
     txn: &DatabaseTransaction,
     backend: DbBackend,
+    tables: &Tables,
     inbox: bool,
 ) -> Result<Migrated, DbErr> {
-    let mut wanted = migrations();
+    let mut wanted = migrations_for(tables);
     if inbox {
-        wanted.extend(inbox_migrations());
+        wanted.extend(inbox_migrations_for(tables));
     }
-    Migrator::install(txn).await?;
+    install(txn, tables).await?;
+    let journal = tables.qualified(backend, &tables.migrations());
     let mut outcome = Migrated::default();
-    let applied = versions(txn, MIGRATION_TABLE).await?;
+    let applied = versions(txn, &journal).await?;
     let manager = SchemaManager::new(txn);
-    let theirs = if existing::has_table(&manager, "seaql_migrations").await? {
+    let theirs = if existing::has_table(&manager, &Tables::default(), "seaql_migrations").await? {
         versions(txn, "seaql_migrations").await?
     } else {
         Vec::new()
@@ -227,7 +330,7 @@ async fn migrate_locked(
         let name = migration.name();
         if let Some((_, at)) = theirs.iter().find(|(version, _)| version == name) {
             if !applied.iter().any(|(version, _)| version == name) {
-                record(txn, name, *at).await?;
+                record(txn, &journal, name, *at).await?;
             }
             txn.execute_raw(Statement::from_sql_and_values(
                 backend,
@@ -238,7 +341,7 @@ async fn migrate_locked(
             outcome.taken_over.push(name.to_owned());
         }
     }
-    let applied = versions(txn, MIGRATION_TABLE).await?;
+    let applied = versions(txn, &journal).await?;
     for migration in &wanted {
         let name = migration.name();
         if applied.iter().any(|(version, _)| version == name) {
@@ -249,7 +352,7 @@ async fn migrate_locked(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs() as i64);
         migration.up(&manager).await?;
-        record(txn, name, now).await?;
+        record(txn, &journal, name, now).await?;
         outcome.applied.push(name.to_owned());
     }
     Ok(outcome)
@@ -290,9 +393,36 @@ async fn versions<C: sea_orm_migration::sea_orm::ConnectionTrait>(
         .collect()
 }
 
-/// Records `version` in [`MIGRATION_TABLE`].
+/// Creates the table `migrate` records in (the columns of
+/// sea-orm-migration's, so its `status` reads it), and the schema.
+async fn install(txn: &DatabaseTransaction, tables: &Tables) -> Result<(), DbErr> {
+    if let Some(schema) = tables.schema_name() {
+        txn.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await?;
+    }
+    let table = Table::create()
+        .table(tables.migrations_ref())
+        .if_not_exists()
+        .col(
+            ColumnDef::new(Alias::new("version"))
+                .string()
+                .not_null()
+                .primary_key(),
+        )
+        .col(
+            ColumnDef::new(Alias::new("applied_at"))
+                .big_integer()
+                .not_null(),
+        )
+        .to_owned();
+    txn.execute(&table).await?;
+    Ok(())
+}
+
+/// Records `version` in `journal`, the migrations' table.
 async fn record<C: sea_orm_migration::sea_orm::ConnectionTrait>(
     db: &C,
+    journal: &str,
     version: &str,
     applied_at: i64,
 ) -> Result<(), DbErr> {
@@ -301,7 +431,7 @@ async fn record<C: sea_orm_migration::sea_orm::ConnectionTrait>(
         backend,
         placeholders(
             backend,
-            &format!("INSERT INTO {MIGRATION_TABLE} (version, applied_at) VALUES (?, ?)"),
+            &format!("INSERT INTO {journal} (version, applied_at) VALUES (?, ?)"),
         ),
         [version.into(), applied_at.into()],
     ))

@@ -3,6 +3,8 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+use crate::Tables;
+
 /// Creates the `outbox` table.
 ///
 /// The same columns on every database, with types per dialect:
@@ -43,7 +45,6 @@ pub struct Migration;
 
 #[derive(DeriveIden)]
 enum Outbox {
-    Table,
     Id,
     EventId,
     Topic,
@@ -64,8 +65,9 @@ enum Outbox {
 }
 
 impl Migration {
-    /// The `CREATE TABLE` statement for `backend`.
-    pub fn create_table(backend: DbBackend) -> TableCreateStatement {
+    /// The `CREATE TABLE` statement of the outbox table named in `tables`
+    /// for `backend`.
+    pub fn create_table(backend: DbBackend, tables: &Tables) -> TableCreateStatement {
         let timestamp = |column: Outbox| {
             let mut def = ColumnDef::new(column);
             match backend {
@@ -85,7 +87,7 @@ impl Migration {
 
         let mut table = Table::create();
         table
-            .table(Outbox::Table)
+            .table(tables.outbox_ref())
             .col(
                 ColumnDef::new(Outbox::Id)
                     .big_integer()
@@ -134,37 +136,38 @@ impl Migration {
     }
 
     /// The `CREATE INDEX` statements for `backend`.
-    pub fn create_indexes(backend: DbBackend) -> Vec<IndexCreateStatement> {
+    /// The outbox table's indexes.
+    pub fn create_indexes(backend: DbBackend, tables: &Tables) -> Vec<IndexCreateStatement> {
         let pending = || Expr::col(Outbox::Status).eq("pending");
         let published = || Expr::col(Outbox::Status).eq("published");
-        let index = |name: &str| Index::create().name(name).table(Outbox::Table).take();
+        let index = |name: String| Index::create().name(name).table(tables.outbox_ref()).take();
         match backend {
             DbBackend::MySql => vec![
-                index("idx_outbox_pending")
+                index(tables.index_pending())
                     .col(Outbox::Status)
                     .col(Outbox::Id)
                     .take(),
-                index("idx_outbox_key_pending")
+                index(tables.index_key_pending())
                     .col(Outbox::PartitionKey)
                     .col(Outbox::Status)
                     .col(Outbox::Id)
                     .take(),
-                index("idx_outbox_published")
+                index(tables.index_published())
                     .col(Outbox::Status)
                     .col(Outbox::PublishedAt)
                     .take(),
             ],
             _ => vec![
-                index("idx_outbox_pending")
+                index(tables.index_pending())
                     .col(Outbox::Id)
                     .and_where(pending())
                     .take(),
-                index("idx_outbox_key_pending")
+                index(tables.index_key_pending())
                     .col(Outbox::PartitionKey)
                     .col(Outbox::Id)
                     .and_where(pending())
                     .take(),
-                index("idx_outbox_published")
+                index(tables.index_published())
                     .col(Outbox::PublishedAt)
                     .and_where(published())
                     .take(),
@@ -173,23 +176,37 @@ impl Migration {
     }
 }
 
+/// Creates the outbox table named in `tables` and its indexes, those
+/// missing.
+pub(crate) async fn up(manager: &SchemaManager<'_>, tables: &Tables) -> Result<(), DbErr> {
+    let backend = manager.get_database_backend();
+    if !crate::existing::has_table(manager, tables, tables.outbox()).await? {
+        manager
+            .create_table(Migration::create_table(backend, tables))
+            .await?;
+    }
+    crate::existing::create_missing_indexes(
+        manager,
+        tables,
+        Migration::create_indexes(backend, tables),
+    )
+    .await
+}
+
+/// Drops the outbox table named in `tables`.
+pub(crate) async fn down(manager: &SchemaManager<'_>, tables: &Tables) -> Result<(), DbErr> {
+    manager
+        .drop_table(Table::drop().table(tables.outbox_ref()).to_owned())
+        .await
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
-    /// Creates the table and its indexes, those that do not exist yet: the
-    /// migration may run twice on one database (from `outbox migrate` and
-    /// from the service's own `Migrator`), and the second run changes
-    /// nothing.
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let backend = manager.get_database_backend();
-        if !crate::existing::has_table(manager, "outbox").await? {
-            manager.create_table(Self::create_table(backend)).await?;
-        }
-        crate::existing::create_missing_indexes(manager, Self::create_indexes(backend)).await
+        up(manager, &Tables::default()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Outbox::Table).to_owned())
-            .await
+        down(manager, &Tables::default()).await
     }
 }

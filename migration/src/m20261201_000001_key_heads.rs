@@ -5,6 +5,8 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
+use crate::Tables;
+
 /// Adds the `outbox_keys` table, the index of claimable unkeyed records,
 /// and (MySQL/MariaDB) a no-pad binary collation for keys.
 ///
@@ -40,7 +42,6 @@ pub struct Migration;
 
 #[derive(DeriveIden)]
 enum OutboxKeys {
-    Table,
     PartitionKey,
     NextAt,
     HeldBy,
@@ -48,7 +49,6 @@ enum OutboxKeys {
 
 #[derive(DeriveIden)]
 enum Outbox {
-    Table,
     PartitionKey,
     Status,
     AvailableAt,
@@ -58,7 +58,12 @@ enum Outbox {
 impl Migration {
     /// The `CREATE TABLE outbox_keys` statement for `backend`, with
     /// `collation` for the key on MySQL/MariaDB.
-    pub fn create_table(backend: DbBackend, collation: &str) -> TableCreateStatement {
+    /// The `CREATE TABLE` of the keys' table named in `tables`.
+    pub fn create_table(
+        backend: DbBackend,
+        tables: &Tables,
+        collation: &str,
+    ) -> TableCreateStatement {
         let mut next_at = ColumnDef::new(OutboxKeys::NextAt);
         match backend {
             DbBackend::MySql => next_at.custom(Alias::new("datetime(6)")),
@@ -66,7 +71,7 @@ impl Migration {
         };
         let mut table = Table::create();
         table
-            .table(OutboxKeys::Table)
+            .table(tables.keys_ref())
             .col(
                 ColumnDef::new(OutboxKeys::PartitionKey)
                     .string_len(255)
@@ -85,23 +90,25 @@ impl Migration {
     }
 
     /// The `CREATE INDEX` statements for `backend`.
-    pub fn create_indexes(backend: DbBackend) -> Vec<IndexCreateStatement> {
+    /// The keys' table's index, and the outbox's indexes of unkeyed and dead
+    /// records.
+    pub fn create_indexes(backend: DbBackend, tables: &Tables) -> Vec<IndexCreateStatement> {
         let next = Index::create()
             .name("idx_outbox_keys_next")
-            .table(OutboxKeys::Table)
+            .table(tables.keys_ref())
             .col(OutboxKeys::NextAt)
             .take();
         let keyless = match backend {
             DbBackend::MySql => Index::create()
-                .name("idx_outbox_keyless")
-                .table(Outbox::Table)
+                .name(tables.index_keyless())
+                .table(tables.outbox_ref())
                 .col(Outbox::PartitionKey)
                 .col(Outbox::Status)
                 .col(Outbox::AvailableAt)
                 .take(),
             _ => Index::create()
-                .name("idx_outbox_keyless")
-                .table(Outbox::Table)
+                .name(tables.index_keyless())
+                .table(tables.outbox_ref())
                 .col(Outbox::AvailableAt)
                 .col(Outbox::Id)
                 .and_where(Expr::col(Outbox::Status).eq("pending"))
@@ -113,8 +120,8 @@ impl Migration {
         if backend != DbBackend::MySql {
             indexes.push(
                 Index::create()
-                    .name("idx_outbox_dead")
-                    .table(Outbox::Table)
+                    .name(tables.index_dead())
+                    .table(tables.outbox_ref())
                     .col(Outbox::Id)
                     .and_where(Expr::col(Outbox::Status).eq("dead"))
                     .take(),
@@ -143,64 +150,65 @@ async fn no_pad_collation(manager: &SchemaManager<'_>) -> Result<&'static str, D
     })
 }
 
+/// Creates the keys' table named in `tables` and fills it from the
+/// pending records, or creates its missing indexes when it exists.
+pub(crate) async fn up(manager: &SchemaManager<'_>, tables: &Tables) -> Result<(), DbErr> {
+    let backend = manager.get_database_backend();
+    let indexes = Migration::create_indexes(backend, tables);
+    if crate::existing::has_table(manager, tables, tables.keys()).await? {
+        return crate::existing::create_missing_indexes(manager, tables, indexes).await;
+    }
+    let db = manager.get_connection();
+    let outbox = tables.qualified(backend, tables.outbox());
+    let keys = tables.qualified(backend, tables.keys());
+    let mut collation = "";
+    if backend == DbBackend::MySql {
+        collation = no_pad_collation(manager).await?;
+        db.execute_unprepared(&format!(
+            "ALTER TABLE {outbox} MODIFY partition_key varchar(255) \
+             CHARACTER SET utf8mb4 COLLATE {collation} NULL"
+        ))
+        .await?;
+    }
+    manager
+        .create_table(Migration::create_table(backend, tables, collation))
+        .await?;
+    crate::existing::create_missing_indexes(manager, tables, indexes).await?;
+    // Every key with pending records starts at its first one.
+    db.execute_unprepared(&format!(
+        "INSERT INTO {keys} (partition_key, next_at)
+SELECT o.partition_key, o.available_at FROM {outbox} o
+WHERE o.status = 'pending' AND o.partition_key IS NOT NULL
+  AND o.id = (SELECT MIN(i.id) FROM {outbox} i
+              WHERE i.partition_key = o.partition_key AND i.status = 'pending')"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Drops the keys' table named in `tables` and the two indexes `up` adds
+/// to the outbox table.
+pub(crate) async fn down(manager: &SchemaManager<'_>, tables: &Tables) -> Result<(), DbErr> {
+    let backend = manager.get_database_backend();
+    let mut indexes = vec![tables.index_keyless()];
+    if backend != DbBackend::MySql {
+        indexes.push(tables.index_dead());
+    }
+    for index in indexes {
+        crate::existing::drop_index(manager, tables, &index).await?;
+    }
+    manager
+        .drop_table(Table::drop().table(tables.keys_ref()).to_owned())
+        .await
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
-    /// Creates `outbox_keys` and fills it, unless it exists already (the
-    /// migration ran, from `outbox migrate` or the service's own
-    /// `Migrator`): then it only creates the indexes that are missing.
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let backend = manager.get_database_backend();
-        if crate::existing::has_table(manager, "outbox_keys").await? {
-            return crate::existing::create_missing_indexes(manager, Self::create_indexes(backend))
-                .await;
-        }
-        let db = manager.get_connection();
-        let mut collation = "";
-        if backend == DbBackend::MySql {
-            collation = no_pad_collation(manager).await?;
-            db.execute_unprepared(&format!(
-                "ALTER TABLE outbox MODIFY partition_key varchar(255) \
-                 CHARACTER SET utf8mb4 COLLATE {collation} NULL"
-            ))
-            .await?;
-        }
-        manager
-            .create_table(Self::create_table(backend, collation))
-            .await?;
-        crate::existing::create_missing_indexes(manager, Self::create_indexes(backend)).await?;
-        // Every key with pending records starts at its first one.
-        db.execute_unprepared(
-            "INSERT INTO outbox_keys (partition_key, next_at)
-SELECT o.partition_key, o.available_at FROM outbox o
-WHERE o.status = 'pending' AND o.partition_key IS NOT NULL
-  AND o.id = (SELECT MIN(i.id) FROM outbox i
-              WHERE i.partition_key = o.partition_key AND i.status = 'pending')",
-        )
-        .await?;
-        Ok(())
+        up(manager, &Tables::default()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::MySql {
-            manager
-                .drop_index(
-                    Index::drop()
-                        .name("idx_outbox_dead")
-                        .table(Outbox::Table)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        manager
-            .drop_index(
-                Index::drop()
-                    .name("idx_outbox_keyless")
-                    .table(Outbox::Table)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .drop_table(Table::drop().table(OutboxKeys::Table).to_owned())
-            .await
+        down(manager, &Tables::default()).await
     }
 }

@@ -4,6 +4,8 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+use crate::Tables;
+
 /// Creates the `inbox` table, for services that consume outbox events
 /// (`outbox_sea_orm::inbox`):
 ///
@@ -22,7 +24,6 @@ pub struct Migration;
 
 #[derive(DeriveIden)]
 enum Inbox {
-    Table,
     Consumer,
     EventId,
     ProcessedAt,
@@ -30,7 +31,8 @@ enum Inbox {
 
 impl Migration {
     /// The `CREATE TABLE inbox` statement for `backend`.
-    pub fn create_table(backend: DbBackend) -> TableCreateStatement {
+    /// The `CREATE TABLE` of the inbox table named in `tables`.
+    pub fn create_table(backend: DbBackend, tables: &Tables) -> TableCreateStatement {
         let mut processed_at = ColumnDef::new(Inbox::ProcessedAt);
         match backend {
             DbBackend::MySql => processed_at.custom(Alias::new("datetime(6)")),
@@ -38,7 +40,7 @@ impl Migration {
         };
         let mut table = Table::create();
         table
-            .table(Inbox::Table)
+            .table(tables.inbox_ref())
             .col(ColumnDef::new(Inbox::Consumer).string_len(255).not_null())
             .col(ColumnDef::new(Inbox::EventId).uuid().not_null())
             .col(processed_at.not_null())
@@ -53,25 +55,36 @@ impl Migration {
     }
 }
 
+/// Creates the inbox table named in `tables` and its index, if missing.
+pub(crate) async fn up(manager: &SchemaManager<'_>, tables: &Tables) -> Result<(), DbErr> {
+    let backend = manager.get_database_backend();
+    if !crate::existing::has_table(manager, tables, tables.inbox()).await? {
+        manager
+            .create_table(Migration::create_table(backend, tables))
+            .await?;
+    }
+    let index = Index::create()
+        .name(tables.index_inbox_processed())
+        .table(tables.inbox_ref())
+        .col(Inbox::ProcessedAt)
+        .to_owned();
+    crate::existing::create_missing_indexes(manager, tables, vec![index]).await
+}
+
+/// Drops the inbox table named in `tables`.
+pub(crate) async fn down(manager: &SchemaManager<'_>, tables: &Tables) -> Result<(), DbErr> {
+    manager
+        .drop_table(Table::drop().table(tables.inbox_ref()).to_owned())
+        .await
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
-    /// Creates the table and its index, those that do not exist yet.
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let backend = manager.get_database_backend();
-        if !crate::existing::has_table(manager, "inbox").await? {
-            manager.create_table(Self::create_table(backend)).await?;
-        }
-        let index = Index::create()
-            .name("idx_inbox_processed")
-            .table(Inbox::Table)
-            .col(Inbox::ProcessedAt)
-            .to_owned();
-        crate::existing::create_missing_indexes(manager, vec![index]).await
+        up(manager, &Tables::default()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Inbox::Table).to_owned())
-            .await
+        down(manager, &Tables::default()).await
     }
 }
