@@ -11,7 +11,9 @@
 //! transaction commits (`outbox_rdkafka::handle_message` does).
 //!
 //! The table is `inbox` (migration `outbox_migration::Inbox`, not part of the
-//! outbox's own migrations): one row per consumer and event id.
+//! outbox's own migrations): one row per consumer and event id. For a
+//! table of another name, use an [`Inbox`] made with the same
+//! [`Tables`] as its migration (`outbox_migration::inbox_migrations_for`).
 //!
 //! ```no_run
 //! # use uuid::Uuid;
@@ -38,15 +40,116 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use outbox_migration::Tables;
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, TransactionError, TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::error::{Error, fail};
-use crate::sql::{Param, render};
+use crate::sql::Dialect;
 
+/// The inbox on a table named in a [`Tables`]; the module's functions use
+/// the default, `inbox`.
+#[derive(Debug, Clone, Default)]
+pub struct Inbox {
+    tables: Tables,
+}
+
+impl Inbox {
+    /// The inbox on the table `tables` names.
+    pub fn new(tables: &Tables) -> Self {
+        Self {
+            tables: tables.clone(),
+        }
+    }
+
+    fn sql(&self, backend: DbBackend) -> Arc<dyn Dialect> {
+        if self.tables.is_default() {
+            crate::sql::default_dialect(backend)
+        } else {
+            crate::sql::dialect(backend, &self.tables)
+        }
+    }
+
+    /// [`record`] in this inbox.
+    pub async fn record<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<bool, Error> {
+        if consumer.is_empty() || consumer.chars().count() > MAX_CONSUMER {
+            return Err(Error::InvalidArgument(format!(
+                "the inbox consumer name must be 1 to {MAX_CONSUMER} characters, got {:?}",
+                consumer
+            )));
+        }
+        let sql = self.sql(txn.get_database_backend());
+        let statement = sql.inbox_record(consumer, event_id, Utc::now());
+        match txn.execute_raw(statement).await {
+            Ok(result) => Ok(result.rows_affected() == 1),
+            Err(error) => Err(fail(txn, "record an event in the inbox", error).await),
+        }
+    }
+
+    /// [`handle`] with this inbox.
+    pub async fn handle<C, F, T, E>(
+        &self,
+        db: &C,
+        consumer: &str,
+        event_id: Uuid,
+        handler: F,
+    ) -> Result<Option<T>, TransactionError<E>>
+    where
+        C: TransactionTrait<Transaction = DatabaseTransaction>,
+        F: for<'c> FnOnce(&'c DatabaseTransaction) -> Handler<'c, T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + fmt::Display + fmt::Debug + Send + 'static,
+    {
+        let consumer = consumer.to_owned();
+        let inbox = self.clone();
+        db.transaction::<_, Option<T>, E>(move |txn| {
+            Box::pin(async move {
+                if !inbox.record(txn, &consumer, event_id).await? {
+                    return Ok(None);
+                }
+                handler(txn).await.map(Some)
+            })
+        })
+        .await
+    }
+
+    /// [`purge`] of this inbox.
+    pub async fn purge<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        before: DateTime<Utc>,
+        batch_size: usize,
+    ) -> Result<u64, Error> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument(
+                "inbox purge batch size must be at least 1".to_owned(),
+            ));
+        }
+        let sql = self.sql(db.get_database_backend());
+        let limit = i64::try_from(batch_size).unwrap_or(i64::MAX);
+        let mut total = 0;
+        loop {
+            let deleted = match db.execute_raw(sql.inbox_purge(before, limit)).await {
+                Ok(result) => result.rows_affected(),
+                Err(error) => return Err(fail(db, "purge the inbox", error).await),
+            };
+            total += deleted;
+            if deleted < limit as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
 /// The longest consumer name (the `consumer` column).
 const MAX_CONSUMER: usize = 255;
 
@@ -63,37 +166,7 @@ pub async fn record<C: ConnectionTrait>(
     consumer: &str,
     event_id: Uuid,
 ) -> Result<bool, Error> {
-    if consumer.is_empty() || consumer.chars().count() > MAX_CONSUMER {
-        return Err(Error::InvalidArgument(format!(
-            "the inbox consumer name must be 1 to {MAX_CONSUMER} characters, got {:?}",
-            consumer
-        )));
-    }
-    let template = match txn.get_database_backend() {
-        // The name is checked above and the id is fixed-size, so the only
-        // error IGNORE can turn into a warning is the duplicate key.
-        DbBackend::MySql => {
-            "INSERT IGNORE INTO inbox (consumer, event_id, processed_at) \
-             VALUES (:consumer, :event_id, :now)"
-        }
-        _ => {
-            "INSERT INTO inbox (consumer, event_id, processed_at) \
-             VALUES (:consumer, :event_id, :now) ON CONFLICT DO NOTHING"
-        }
-    };
-    let statement = render(
-        txn.get_database_backend(),
-        template,
-        &[
-            ("consumer", Param::one(consumer)),
-            ("event_id", Param::one(event_id)),
-            ("now", Param::one(Utc::now())),
-        ],
-    );
-    match txn.execute_raw(statement).await {
-        Ok(result) => Ok(result.rows_affected() == 1),
-        Err(error) => Err(fail(txn, "record an event in the inbox", error).await),
-    }
+    Inbox::default().record(txn, consumer, event_id).await
 }
 
 /// A handler's transaction body, as SeaORM's
@@ -117,16 +190,9 @@ where
     T: Send + 'static,
     E: From<Error> + fmt::Display + fmt::Debug + Send + 'static,
 {
-    let consumer = consumer.to_owned();
-    db.transaction::<_, Option<T>, E>(move |txn| {
-        Box::pin(async move {
-            if !record(txn, &consumer, event_id).await? {
-                return Ok(None);
-            }
-            handler(txn).await.map(Some)
-        })
-    })
-    .await
+    Inbox::default()
+        .handle(db, consumer, event_id, handler)
+        .await
 }
 
 /// Deletes inbox entries recorded before `before`, at most `batch_size` per
@@ -137,40 +203,5 @@ pub async fn purge<C: ConnectionTrait>(
     before: DateTime<Utc>,
     batch_size: usize,
 ) -> Result<u64, Error> {
-    if batch_size == 0 {
-        return Err(Error::InvalidArgument(
-            "inbox purge batch size must be at least 1".to_owned(),
-        ));
-    }
-    let backend = db.get_database_backend();
-    let template = match backend {
-        DbBackend::MySql => {
-            "DELETE FROM inbox WHERE processed_at < :before ORDER BY processed_at LIMIT :limit"
-        }
-        DbBackend::Postgres => {
-            "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox \
-             WHERE processed_at < :before ORDER BY processed_at LIMIT :limit)"
-        }
-        _ => {
-            "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox \
-             WHERE processed_at < :before ORDER BY processed_at LIMIT :limit)"
-        }
-    };
-    let limit = i64::try_from(batch_size).unwrap_or(i64::MAX);
-    let mut total = 0;
-    loop {
-        let statement = render(
-            backend,
-            template,
-            &[("before", Param::one(before)), ("limit", Param::one(limit))],
-        );
-        let deleted = match db.execute_raw(statement).await {
-            Ok(result) => result.rows_affected(),
-            Err(error) => return Err(fail(db, "purge the inbox", error).await),
-        };
-        total += deleted;
-        if deleted < limit as u64 {
-            return Ok(total);
-        }
-    }
+    Inbox::default().purge(db, before, batch_size).await
 }

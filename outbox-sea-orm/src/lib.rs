@@ -16,6 +16,16 @@
 //! add `outbox_migration::migrations()` to your `Migrator`, or run
 //! `outbox_migration::Migrator`.
 //!
+//! # Table names
+//!
+//! The tables are `outbox`, `outbox_keys` and `inbox` in the connection's
+//! default schema unless a [`Tables`] says otherwise: give the same one to
+//! the migration (`outbox_migration::migrate_tables`), the store
+//! ([`SeaOrmStore::with_tables`]), the writers (the `enqueue` methods of an
+//! [`Outbox`] over that store) and the inbox ([`inbox::Inbox`]). Two
+//! outboxes with different names share a database and never see each
+//! other's records.
+//!
 //! ```no_run
 //! use outbox_engine::{OutboxEvent, Relay, InMemorySink};
 //! use outbox_sea_orm::SeaOrmStore;
@@ -85,7 +95,6 @@ mod enqueue;
 pub mod entity;
 mod error;
 pub mod inbox;
-mod keys;
 mod outbox;
 mod sql;
 mod store;
@@ -94,7 +103,6 @@ pub use enqueue::{AsEvent, enqueue, enqueue_all, enqueue_in, enqueue_records, ma
 pub use error::{DbError, Error};
 #[cfg(feature = "postgres")]
 pub use outbox::listen;
-pub use outbox::{NOTIFY_CHANNEL, Outbox};
+pub use outbox::{NOTIFY_CHANNEL, Outbox, notify_channel};
+pub use outbox_migration::{InvalidName, Tables};
 pub use store::{SeaOrmStore, redact_url};
-#[doc(hidden)]
-pub use store::{claim_statements, explained_statements};

@@ -4,7 +4,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use outbox_engine::Wakeup;
+use outbox_engine::{NewRecord, OutboxEvent, Wakeup};
+use uuid::Uuid;
+
+use crate::enqueue::AsEvent;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionError,
     TransactionTrait,
@@ -13,8 +16,19 @@ use sea_orm::{
 use crate::store::SeaOrmStore;
 
 /// The PostgreSQL channel [`Outbox::notify_on_commit`] notifies and
-/// [`listen`] listens on.
+/// [`listen`] listens on, for the default table names; see
+/// [`notify_channel`] for others.
 pub const NOTIFY_CHANNEL: &str = "outbox";
+
+/// The PostgreSQL channel of the outbox on the tables `tables` names: the
+/// outbox table's name, after its schema's and `_` when it has one
+/// (`outbox` by default).
+pub fn notify_channel(tables: &outbox_migration::Tables) -> String {
+    match tables.schema_name() {
+        Some(schema) => format!("{schema}_{}", tables.outbox()),
+        None => tables.outbox().to_owned(),
+    }
+}
 
 /// The application's side of the outbox: runs its transactions and wakes
 /// the relay once they commit.
@@ -89,7 +103,7 @@ impl Outbox {
     }
 
     /// On PostgreSQL, makes each transaction also `NOTIFY` the
-    /// [`NOTIFY_CHANNEL`] channel before it commits, so relays in other
+    /// store's [`notify_channel`] before it commits, so relays in other
     /// processes running [`listen`] wake at once. Ignored on other
     /// databases. Default: off, since PostgreSQL serializes the commits of
     /// notifying transactions on one lock; the cost is measured in the
@@ -113,6 +127,45 @@ impl Outbox {
     /// A clone of the wake-up this outbox signals after each commit.
     pub fn wakeup(&self) -> Wakeup {
         self.wakeup.clone()
+    }
+
+    /// [`enqueue`](crate::enqueue) into this outbox's tables (those of its
+    /// store, [`SeaOrmStore::with_tables`]).
+    pub async fn enqueue<C: ConnectionTrait + 'static>(
+        &self,
+        db: &C,
+        event: &dyn OutboxEvent,
+    ) -> Result<Uuid, crate::Error> {
+        crate::enqueue::enqueue_with(db, self.store.sql(), event).await
+    }
+
+    /// [`enqueue_all`](crate::enqueue_all) into this outbox's tables.
+    pub async fn enqueue_all<C, I, M>(&self, db: &C, events: I) -> Result<Vec<Uuid>, crate::Error>
+    where
+        C: ConnectionTrait + 'static,
+        I: IntoIterator,
+        I::Item: AsEvent<M>,
+    {
+        crate::enqueue::enqueue_all_with(db, self.store.sql(), events).await
+    }
+
+    /// [`enqueue_records`](crate::enqueue_records) into this outbox's
+    /// tables.
+    pub async fn enqueue_records<C: ConnectionTrait + 'static>(
+        &self,
+        db: &C,
+        records: &[NewRecord],
+    ) -> Result<(), crate::Error> {
+        crate::enqueue::enqueue_records_with(db, self.store.sql(), records).await
+    }
+
+    /// [`enqueue_in`](crate::enqueue_in) into this outbox's tables.
+    pub async fn enqueue_in<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        event: &dyn OutboxEvent,
+    ) -> Result<Uuid, crate::Error> {
+        crate::enqueue::enqueue_in_with(db, self.store.sql(), event).await
     }
 
     /// Runs `callback` in a transaction on the store's pool, as SeaORM's
@@ -151,7 +204,8 @@ impl Outbox {
         };
         if self.notify && txn.get_database_backend() == DbBackend::Postgres {
             // Identical notifications of one transaction are delivered once.
-            txn.execute_unprepared(&format!("NOTIFY {NOTIFY_CHANNEL}"))
+            let channel = notify_channel(self.store.tables());
+            txn.execute_unprepared(&format!("NOTIFY \"{channel}\""))
                 .await
                 .map_err(TransactionError::Connection)?;
         }
@@ -168,7 +222,7 @@ const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Wakes `wakeup` whenever a transaction of another process commits
 /// through an [`Outbox`] with [`notify_on_commit`](Outbox::notify_on_commit)
-/// (PostgreSQL `LISTEN` on [`NOTIFY_CHANNEL`]).
+/// (PostgreSQL `LISTEN` on the store's [`notify_channel`]).
 ///
 /// Spawns a task on the current Tokio runtime that holds one connection of
 /// `store`'s pool for as long as it runs, and returns its handle (abort it
@@ -203,7 +257,8 @@ pub async fn listen(
     let mut listener = PgListener::connect_with(db.get_postgres_connection_pool())
         .await
         .map_err(connect)?;
-    listener.listen(NOTIFY_CHANNEL).await.map_err(connect)?;
+    let channel = notify_channel(store.tables());
+    listener.listen(&channel).await.map_err(connect)?;
     Ok(tokio::spawn(async move {
         loop {
             match listener.try_recv().await {

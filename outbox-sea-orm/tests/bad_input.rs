@@ -120,7 +120,7 @@ async fn a_missing_table_names_the_database_and_the_migration(db: TestDb) {
             "{message}"
         );
         assert!(message.contains("run the outbox migration"), "{message}");
-        assert!(message.contains("migration::Migrator"), "{message}");
+        assert!(message.contains("outbox_migration::Migrator"), "{message}");
         if let Some(database) = database {
             assert!(
                 message.contains(database),

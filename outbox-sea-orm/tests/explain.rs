@@ -17,7 +17,6 @@ use chrono::{TimeDelta, Utc};
 use common::{Backend, TestDb};
 use outbox_engine::testkit::record;
 use outbox_engine::{ClaimRequest, NewRecord, OutboxStore};
-use outbox_sea_orm::explained_statements;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement};
 
 const HOT: usize = 30_000;
@@ -114,7 +113,7 @@ async fn claims_take_the_healthy_records(db: &TestDb) {
 /// `EXPLAIN` (or `EXPLAIN QUERY PLAN`) of each statement, as rows.
 async fn explain(db: &TestDb, prefix: &str) -> Vec<(&'static str, Vec<QueryResult>)> {
     let mut plans = Vec::new();
-    for (name, statement) in explained_statements(db.db_backend(), Utc::now()) {
+    for (name, statement) in db.store().explained_statements(Utc::now()) {
         let explain = Statement {
             sql: format!("{prefix} {}", statement.sql),
             ..statement

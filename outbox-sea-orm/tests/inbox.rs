@@ -7,13 +7,13 @@ mod common;
 
 use chrono::{TimeDelta, Utc};
 use common::{Backend, TestDb};
-use migration::{MigrationTrait, SchemaManager};
+use outbox_migration::{MigrationTrait, SchemaManager};
 use outbox_sea_orm::{Error, inbox};
 use sea_orm::{DbErr, TransactionTrait};
 use uuid::Uuid;
 
 async fn inbox_semantics(db: TestDb) {
-    migration::Inbox
+    outbox_migration::Inbox
         .up(&SchemaManager::new(&db.db))
         .await
         .unwrap();

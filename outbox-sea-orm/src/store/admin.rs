@@ -4,18 +4,12 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use outbox_engine::{DeadFilter, OutboxRecord, OutboxStats, RecordRef, Status, TopicStats};
-use sea_orm::sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
-    Iterable, QueryFilter, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 
 use super::{SeaOrmStore, TxError, settle};
-use crate::entity::{Column, Entity, Model};
+use crate::entity::Model;
 use crate::error::Error;
-use crate::keys;
-use crate::sql::{Param, render};
+use crate::sql::{Dialect, IDS_PER_STATEMENT, rows};
 
 pub(super) async fn list_dead(
     store: &SeaOrmStore,
@@ -23,8 +17,12 @@ pub(super) async fn list_dead(
     after_id: Option<i64>,
     limit: usize,
 ) -> Result<Vec<OutboxRecord>, Error> {
-    let statement =
-        list_dead_statement(store.backend(), filter, after_id.unwrap_or(i64::MIN), limit);
+    let statement = store.sql().list_dead(
+        filter.topic.as_deref(),
+        filter.key.as_deref(),
+        after_id.unwrap_or(i64::MIN),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    );
     let rows = match store.connection().query_all_raw(statement).await {
         Ok(rows) => rows,
         Err(error) => return Err(store.fail("list dead outbox records", error).await),
@@ -46,47 +44,19 @@ pub(super) async fn find(
     store: &SeaOrmStore,
     record: RecordRef,
 ) -> Result<Option<OutboxRecord>, Error> {
-    let query = match record {
-        RecordRef::Id(id) => Entity::find().filter(Column::Id.eq(id)),
-        RecordRef::EventId(event_id) => Entity::find().filter(Column::EventId.eq(event_id)),
+    let select = rows::find(store.sql().names(), record);
+    let row = store
+        .connection()
+        .query_one_raw(store.backend().build(&select))
+        .await;
+    let model = match row {
+        Ok(Some(row)) => Model::from_query_result(&row, "").map(Some),
+        Ok(None) => Ok(None),
+        Err(error) => Err(error),
     };
-    match query.one(store.connection()).await {
+    match model {
         Ok(model) => Ok(model.map(Model::into_listed)),
         Err(error) => Err(store.fail("find an outbox record", error).await),
-    }
-}
-
-/// Dead records after `after_id` that pass `filter`, in id order, through
-/// the dead records' index (`(status, id)` on MySQL/MariaDB, named: it
-/// would take `(status, published_at)` and sort).
-fn list_dead_statement(
-    backend: DbBackend,
-    filter: &DeadFilter,
-    after_id: i64,
-    limit: usize,
-) -> Statement {
-    let mut select = Query::select();
-    select
-        .columns(Column::iter())
-        .from(Entity)
-        .and_where(Column::Status.eq(Status::Dead.as_str()))
-        .and_where(Column::Id.gt(after_id))
-        .order_by(Column::Id, Order::Asc)
-        .limit(u64::try_from(limit).unwrap_or(u64::MAX));
-    matching(&mut select, filter);
-    if backend == DbBackend::MySql {
-        select.force_index(Alias::new("idx_outbox_pending"), IndexHintScope::All);
-    }
-    backend.build(&select)
-}
-
-/// Adds the conditions of `filter`.
-fn matching(select: &mut SelectStatement, filter: &DeadFilter) {
-    if let Some(topic) = &filter.topic {
-        select.and_where(Column::Topic.eq(topic.as_str()));
-    }
-    if let Some(key) = &filter.key {
-        select.and_where(Column::PartitionKey.eq(key.as_str()));
     }
 }
 
@@ -105,7 +75,8 @@ pub(super) enum Which<'a> {
 /// waits for a writer holding that key (and only it) to commit: a writer
 /// of another key never waits for a key the requeue holds.
 pub(super) async fn requeue(store: &SeaOrmStore, which: Which<'_>) -> Result<u64, Error> {
-    let dead = match dead_records(store.connection(), which).await {
+    let sql = store.sql();
+    let dead = match dead_records(store.connection(), sql, which).await {
         Ok(dead) => dead,
         Err(TxError::Db(error)) => return Err(store.fail("read dead outbox records", error).await),
         Err(TxError::Outbox(error)) => return Err(error),
@@ -120,32 +91,17 @@ pub(super) async fn requeue(store: &SeaOrmStore, which: Which<'_>) -> Result<u64
         requeued += store
             .retrying(|| {
                 store.transaction("requeue dead outbox records", async |txn| {
-                    let now = crate::clock::now(txn, offset).await?;
+                    let now = crate::clock::now(txn, sql, offset).await?;
                     let mut keys: Vec<String> = key.iter().cloned().collect();
-                    settle::upsert_keys(txn, &mut keys, now).await?;
+                    settle::upsert_keys(txn, sql, &mut keys, now).await?;
                     let mut requeued = 0;
                     for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                        let mut update = Query::update();
-                        update
-                            .table(Entity)
-                            .value(Column::Status, Status::Pending.as_str())
-                            .value(Column::Attempts, 0)
-                            .value(Column::AvailableAt, now)
-                            .value(Column::LockedBy, Value::String(None))
-                            .value(Column::LockedUntil, Value::ChronoDateTimeUtc(None))
-                            .value(Column::UpdatedAt, now)
-                            .and_where(Column::Status.eq(Status::Dead.as_str()))
-                            .and_where(Column::Id.is_in(chunk.iter().copied()));
+                        let update = rows::requeue(sql.names(), chunk, now);
                         requeued += txn.execute(&update).await?.rows_affected();
-                        let mut free = Query::update();
-                        free.table(Alias::new(keys::TABLE))
-                            .value(Alias::new("held_by"), Value::BigInt(None))
-                            .and_where(
-                                Expr::col(Alias::new("held_by")).is_in(chunk.iter().copied()),
-                            );
-                        txn.execute(&free).await?;
+                        txn.execute(&rows::free_keys(sql.names(), chunk, None))
+                            .await?;
                     }
-                    settle::refresh(txn, &keys).await?;
+                    settle::refresh(txn, sql, &keys).await?;
                     Ok::<_, TxError>(requeued)
                 })
             })
@@ -154,26 +110,22 @@ pub(super) async fn requeue(store: &SeaOrmStore, which: Which<'_>) -> Result<u64
     Ok(requeued)
 }
 
-/// Ids per statement of a requeue.
-const IDS_PER_STATEMENT: usize = 10_000;
-
 /// The dead record `id` (or every dead record that passes a filter), with
 /// its key.
 async fn dead_records(
     txn: &impl ConnectionTrait,
+    sql: &dyn Dialect,
     which: Which<'_>,
 ) -> Result<Vec<(i64, Option<String>)>, TxError> {
-    let mut select = Query::select();
-    select
-        .columns([Column::Id, Column::PartitionKey])
-        .from(Entity)
-        .and_where(Column::Status.eq(Status::Dead.as_str()));
-    match which {
-        Which::One(id) => {
-            select.and_where(Column::Id.eq(id));
-        }
-        Which::Matching(filter) => matching(&mut select, filter),
-    }
+    let select = match which {
+        Which::One(id) => rows::dead_records(sql.names(), Some(id), None, None),
+        Which::Matching(filter) => rows::dead_records(
+            sql.names(),
+            None,
+            filter.topic.as_deref(),
+            filter.key.as_deref(),
+        ),
+    };
     let statement = txn.get_database_backend().build(&select);
     txn.query_all_raw(statement)
         .await?
@@ -183,8 +135,12 @@ async fn dead_records(
 }
 
 /// The keys of the dead record `id`, or of every dead record.
-async fn dead_keys(txn: &DatabaseTransaction, id: i64) -> Result<Vec<String>, TxError> {
-    Ok(dead_records(txn, Which::One(id))
+async fn dead_keys(
+    txn: &DatabaseTransaction,
+    sql: &dyn Dialect,
+    id: i64,
+) -> Result<Vec<String>, TxError> {
+    Ok(dead_records(txn, sql, Which::One(id))
         .await?
         .into_iter()
         .filter_map(|(_, key)| key)
@@ -195,32 +151,30 @@ async fn dead_keys(txn: &DatabaseTransaction, id: i64) -> Result<Vec<String>, Tx
 /// last error; false when it holds nothing.
 pub(super) async fn discard(store: &SeaOrmStore, id: i64) -> Result<bool, Error> {
     let offset = store.clock_offset();
+    let sql = store.sql();
     store
         .retrying(|| {
             store.transaction("discard a dead outbox record", async |txn| {
-                let now = crate::clock::now(txn, offset).await?;
-                let mut keys = dead_keys(txn, id).await?;
+                let now = crate::clock::now(txn, sql, offset).await?;
+                let mut keys = dead_keys(txn, sql, id).await?;
                 if keys.is_empty() {
                     return Ok(false);
                 }
-                settle::upsert_keys(txn, &mut keys, now).await?;
-                let mut free = Query::update();
-                free.table(Alias::new(keys::TABLE))
-                    .value(Alias::new("held_by"), Value::BigInt(None))
-                    .and_where(Expr::col(Alias::new("held_by")).eq(id))
-                    .and_where(Expr::col(Alias::new("partition_key")).eq(keys[0].as_str()));
+                settle::upsert_keys(txn, sql, &mut keys, now).await?;
+                let free = rows::free_keys(sql.names(), &[id], Some(keys[0].as_str()));
                 if txn.execute(&free).await?.rows_affected() == 0 {
                     return Ok(false);
                 }
-                let row = Entity::find_by_id(id).one(txn).await?;
+                let find = rows::find(sql.names(), RecordRef::Id(id));
+                let row = match txn.query_one_raw(sql.backend().build(&find)).await? {
+                    Some(row) => Some(Model::from_query_result(&row, "")?),
+                    None => None,
+                };
                 let error = row.and_then(|row| row.last_error).unwrap_or_default();
-                let mut note = Query::update();
-                note.table(Entity)
-                    .value(Column::LastError, format!("discarded at {now}: {error}"))
-                    .value(Column::UpdatedAt, now)
-                    .and_where(Column::Id.eq(id));
-                txn.execute(&note).await?;
-                settle::refresh(txn, &keys).await?;
+                let note = format!("discarded at {now}: {error}");
+                txn.execute(&rows::note_discard(sql.names(), id, note, now))
+                    .await?;
+                settle::refresh(txn, sql, &keys).await?;
                 Ok::<_, TxError>(true)
             })
         })
@@ -240,36 +194,9 @@ pub(super) async fn purge_published_batch(
             "purge batch size must be at least 1".to_owned(),
         ));
     }
-    let backend = store.backend();
-    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-    let old_published = || {
-        Column::Status
-            .eq(Status::Published.as_str())
-            .and(Column::PublishedAt.lt(before))
-    };
-    let mut delete = Query::delete();
-    delete.from_table(Entity);
-    match backend {
-        // MySQL/MariaDB take no LIMIT in an IN subquery, but delete with
-        // ORDER BY and LIMIT directly.
-        DbBackend::MySql => {
-            delete
-                .and_where(old_published())
-                .order_by(Column::PublishedAt, Order::Asc)
-                .limit(limit);
-        }
-        _ => {
-            let oldest = Query::select()
-                .column(Column::Id)
-                .from(Entity)
-                .and_where(old_published())
-                .order_by(Column::PublishedAt, Order::Asc)
-                .limit(limit)
-                .to_owned();
-            delete.and_where(Column::Id.in_subquery(oldest));
-        }
-    }
-    let statement = backend.build(&delete);
+    let statement = store
+        .sql()
+        .purge_published(before, i64::try_from(limit).unwrap_or(i64::MAX));
     store
         .transaction("purge published outbox records", async |txn| {
             Ok::<_, TxError>(txn.execute_raw(statement.clone()).await?.rows_affected())
@@ -283,20 +210,20 @@ pub(super) async fn purge_published_batch(
 /// transaction holds (a writer enqueueing for them) are passed over, never
 /// waited for.
 pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), Error> {
-    let backend = store.backend();
+    let sql = store.sql();
     let limit = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
     loop {
         let found = store
             .retrying(|| {
                 store.transaction("delete idle outbox keys", async |txn| {
                     let keys: Vec<String> = txn
-                        .query_all_raw(keys::idle_keys(backend, limit))
+                        .query_all_raw(sql.idle_keys(limit))
                         .await?
                         .iter()
                         .map(|row| row.try_get("", "partition_key"))
                         .collect::<Result<_, _>>()?;
                     if !keys.is_empty() {
-                        txn.execute_raw(keys::delete_keys(backend, &keys)).await?;
+                        txn.execute_raw(sql.delete_keys(&keys)).await?;
                     }
                     Ok::<_, TxError>(keys.len())
                 })
@@ -310,18 +237,16 @@ pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), E
     store
         .retrying(|| {
             store.transaction("register the keys of pending outbox records", async |txn| {
-                let now = crate::clock::now(txn, offset).await?;
-                txn.execute_raw(keys::register_missing(backend, now))
-                    .await?;
+                let now = crate::clock::now(txn, sql, offset).await?;
+                txn.execute_raw(sql.register_missing_keys(now)).await?;
                 let idle: Vec<String> = txn
-                    .query_all_raw(keys::idle_with_records(backend))
+                    .query_all_raw(sql.idle_keys_with_records())
                     .await?
                     .iter()
                     .map(|row| row.try_get("", "partition_key"))
                     .collect::<Result<_, _>>()?;
                 for chunk in idle.chunks(IDS_PER_STATEMENT) {
-                    txn.execute_raw(keys::ready_now(backend, chunk, now))
-                        .await?;
+                    txn.execute_raw(sql.ready_now(chunk, now)).await?;
                 }
                 Ok::<_, TxError>(())
             })
@@ -329,39 +254,12 @@ pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), E
         .await
 }
 
-fn stats_statement(backend: DbBackend, now: DateTime<Utc>, published: bool) -> Statement {
-    // The published records are the outbox's history: counted for
-    // `stats`, never for the gauges' `backlog`.
-    let published = if published {
-        "(SELECT COUNT(*) FROM outbox WHERE status = 'published')"
-    } else {
-        // A count of nothing, typed as the counts are on every database.
-        "(SELECT COUNT(*) FROM outbox_keys WHERE 1 = 0)"
-    };
-    render(
-        backend,
-        // One count per status, each through that status's index, rather
-        // than one scan of the whole table.
-        &format!(
-            "SELECT
-  (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS pending,
-  (SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND locked_until > :now) AS leased,
-  (SELECT COUNT(*) FROM outbox_keys k JOIN outbox o ON o.partition_key = k.partition_key
-   WHERE k.held_by IS NOT NULL AND o.status = 'pending') AS held,
-  {published} AS published,
-  (SELECT COUNT(*) FROM outbox WHERE status = 'dead') AS dead,
-  (SELECT MIN(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending_at"
-        ),
-        &[("now", Param::one(now))],
-    )
-}
-
 pub(super) async fn stats(
     store: &SeaOrmStore,
     now: DateTime<Utc>,
     published: bool,
 ) -> Result<OutboxStats, Error> {
-    let statement = stats_statement(store.backend(), now, published);
+    let statement = store.sql().stats(now, published);
     let row = match store.connection().query_one_raw(statement).await {
         Ok(row) => row,
         Err(error) => return Err(store.fail("count outbox records", error).await),
@@ -389,7 +287,7 @@ pub(super) async fn stats(
     };
     let rows = match store
         .connection()
-        .query_all_raw(topic_stats_statement(store.backend()))
+        .query_all_raw(store.sql().topic_stats())
         .await
     {
         Ok(rows) => rows,
@@ -400,22 +298,6 @@ pub(super) async fn stats(
         Err(error) => return Err(store.fail("count outbox records by topic", error).await),
     }
     Ok(stats)
-}
-
-/// Pending and dead records by topic: the pending ones read whole (as
-/// the pending count does), the dead ones through their own index, the
-/// published ones not at all.
-fn topic_stats_statement(backend: DbBackend) -> Statement {
-    render(
-        backend,
-        "SELECT topic, 'pending' AS status, COUNT(*) AS records, MIN(created_at) AS oldest
-FROM outbox WHERE status = 'pending' GROUP BY topic
-UNION ALL
-SELECT topic, 'dead' AS status, COUNT(*) AS records, NULL AS oldest
-FROM outbox WHERE status = 'dead' GROUP BY topic
-ORDER BY topic",
-        &[],
-    )
 }
 
 fn topic_stats(rows: &[sea_orm::QueryResult]) -> Result<Vec<TopicStats>, sea_orm::DbErr> {
@@ -439,31 +321,4 @@ fn topic_stats(rows: &[sea_orm::QueryResult]) -> Result<Vec<TopicStats>, sea_orm
         }
     }
     Ok(topics)
-}
-
-/// The operators' statements whose plans matter, for `EXPLAIN`.
-pub(super) fn statements(backend: DbBackend, now: DateTime<Utc>) -> Vec<(&'static str, Statement)> {
-    let list = list_dead_statement(backend, &DeadFilter::all(), 0, 100);
-    let mut requeue_all = Query::update();
-    requeue_all
-        .table(Entity)
-        .value(Column::Status, Status::Pending.as_str())
-        .and_where(Column::Status.eq(Status::Dead.as_str()));
-    vec![
-        ("list dead", list),
-        ("requeue all", backend.build(&requeue_all)),
-        (
-            "keys of dead records",
-            render(
-                backend,
-                "SELECT DISTINCT partition_key FROM outbox
-WHERE status = 'dead' AND partition_key IS NOT NULL",
-                &[],
-            ),
-        ),
-        ("stats", stats_statement(backend, now, true)),
-        ("stats for the gauges", stats_statement(backend, now, false)),
-        ("stats by topic", topic_stats_statement(backend)),
-        ("find idle keys", keys::idle_keys(backend, 1000)),
-    ]
 }

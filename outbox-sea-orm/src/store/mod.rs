@@ -16,39 +16,16 @@ use outbox_engine::{
     ClaimRequest, DeadFilter, NewRecord, OutboxAdmin, OutboxRecord, OutboxStats, OutboxStore,
     RecordRef, Settled, Settlement, StoreError,
 };
+use outbox_migration::Tables;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, IsolationLevel, QuerySelect, SqliteTransactionMode, Statement,
-    TransactionOptions, TransactionTrait,
+    DbErr, IsolationLevel, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 
-pub use claim::claim_statements;
 pub use connect::redact as redact_url;
 
-/// Every statement whose plan matters, by name, as the store runs it on
-/// `backend` at `now`: the claim's three reads, the refresh of keys, and
-/// the operators' dead-letter, purge and count statements. For `EXPLAIN`
-/// in tests and by operators; not a stable API.
-#[doc(hidden)]
-pub fn explained_statements(
-    backend: DbBackend,
-    now: DateTime<Utc>,
-) -> Vec<(&'static str, Statement)> {
-    let [ready, records, heads, unkeyed] = claim_statements(backend, now, 500);
-    let keys = ["k1".to_owned(), "k2".to_owned()];
-    let mut statements = vec![
-        ("claim: ready keys", ready),
-        ("claim: first records of keys", records),
-        ("claim: first record of each key", heads),
-        ("claim: unkeyed records", unkeyed),
-        ("refresh keys", crate::keys::refresh(backend, &keys)),
-    ];
-    statements.extend(admin::statements(backend, now));
-    statements
-}
-
-use crate::entity::Entity;
 use crate::error::{Error, fail};
+use crate::sql::Dialect;
 
 /// The outbox in a SQL database, through SeaORM: PostgreSQL, MySQL 8 /
 /// MariaDB 10.6+ (both with `FOR UPDATE SKIP LOCKED`) and SQLite (one
@@ -70,6 +47,8 @@ use crate::error::{Error, fail};
 #[derive(Debug, Clone)]
 pub struct SeaOrmStore {
     db: DatabaseConnection,
+    /// The statements, for the database and the tables' names.
+    sql: Arc<dyn Dialect>,
     /// Microseconds added to the database's clock: zero, except in tests
     /// that move time forward (feature `testkit`).
     offset: Arc<AtomicI64>,
@@ -81,10 +60,43 @@ impl SeaOrmStore {
     /// A store over an existing connection pool.
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
+            sql: crate::sql::default_dialect(db.get_database_backend()),
             db,
             offset: Arc::default(),
             stale: settle::StaleKeys::default(),
         }
+    }
+
+    /// The store on the tables named in `tables` (by default `outbox`,
+    /// `outbox_keys` and `inbox`): give the same names to the migration
+    /// (`outbox_migration::migrate_tables`) and to the writers, which
+    /// enqueue through this store ([`enqueue`](Self::enqueue)). Fails with
+    /// [`Error::InvalidArgument`] for a schema outside PostgreSQL.
+    pub fn with_tables(mut self, tables: &Tables) -> Result<Self, Error> {
+        let backend = self.backend();
+        tables
+            .check_backend(backend)
+            .map_err(|error| Error::InvalidArgument(error.to_string()))?;
+        self.sql = crate::sql::dialect(backend, tables);
+        Ok(self)
+    }
+
+    /// The names of the tables the store works on.
+    pub fn tables(&self) -> &Tables {
+        &self.sql.names().tables
+    }
+
+    pub(crate) fn sql(&self) -> &dyn Dialect {
+        &*self.sql
+    }
+
+    /// Every statement whose plan matters, by name, as this store runs it
+    /// at `now`: the claim's reads, the refresh of keys, the operators'
+    /// lists, counts and purge. For `EXPLAIN` in tests and by operators;
+    /// not a stable API.
+    #[doc(hidden)]
+    pub fn explained_statements(&self, now: DateTime<Utc>) -> Vec<(&'static str, Statement)> {
+        self.sql.explained(now)
     }
 
     fn stale_keys(&self) -> &settle::StaleKeys {
@@ -110,6 +122,15 @@ impl SeaOrmStore {
     /// one writer): that is SeaORM's default unless you set
     /// `max_connections`.
     pub async fn connect(options: impl Into<ConnectOptions>) -> Result<Self, Error> {
+        Self::connect_with_tables(options, &Tables::default()).await
+    }
+
+    /// [`connect`](Self::connect) to the tables named in `tables`
+    /// ([`with_tables`](Self::with_tables)).
+    pub async fn connect_with_tables(
+        options: impl Into<ConnectOptions>,
+        tables: &Tables,
+    ) -> Result<Self, Error> {
         let options = options.into();
         let url = options.get_url().to_owned();
         connect::check_scheme(&url)?;
@@ -119,7 +140,7 @@ impl SeaOrmStore {
                 url: connect::redact(&url),
                 source: error.into(),
             })?;
-        let store = Self::new(db);
+        let store = Self::new(db).with_tables(tables)?;
         store.check().await?;
         Ok(store)
     }
@@ -135,14 +156,10 @@ impl SeaOrmStore {
     /// columns the store reads: [`Error::MissingTable`] names the database
     /// and the fix.
     pub async fn check(&self) -> Result<(), Error> {
-        if let Err(error) = Entity::find().limit(0).all(&self.db).await {
+        if let Err(error) = self.db.query_all_raw(self.sql.check_outbox()).await {
             return Err(fail(&self.db, "read the outbox table", error).await);
         }
-        let keys = Statement::from_string(
-            self.backend(),
-            "SELECT partition_key, next_at, held_by FROM outbox_keys WHERE 1 = 0",
-        );
-        match self.db.query_all_raw(keys).await {
+        match self.db.query_all_raw(self.sql.check_keys()).await {
             Ok(_) => Ok(()),
             Err(_) => Err(Error::OutdatedTable {
                 database: crate::error::database_name(&self.db).await.ok().flatten(),
@@ -261,8 +278,15 @@ impl OutboxStore for SeaOrmStore {
         Ok(self
             .retrying(|| {
                 self.transaction("write events to the outbox", async |txn| {
-                    crate::enqueue::write(txn, records, offset, &self.db, Mode::Transaction)
-                        .await?;
+                    crate::enqueue::write(
+                        txn,
+                        self.sql(),
+                        records,
+                        offset,
+                        &self.db,
+                        Mode::Transaction,
+                    )
+                    .await?;
                     Ok::<_, TxError>(())
                 })
             })
@@ -361,7 +385,15 @@ impl outbox_engine::testkit::TestStore for SeaOrmStore {
                     .into());
             }
         };
-        crate::enqueue::write(&txn, records, self.clock_offset(), &txn, Mode::Transaction).await?;
+        crate::enqueue::write(
+            &txn,
+            self.sql(),
+            records,
+            self.clock_offset(),
+            &txn,
+            Mode::Transaction,
+        )
+        .await?;
         Ok(Some(Box::new(OpenTransaction(txn))))
     }
 }

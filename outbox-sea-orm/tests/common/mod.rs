@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use migration::{Migrator, MigratorTrait};
+use outbox_migration::{Migrator, MigratorTrait, Tables};
 use outbox_sea_orm::SeaOrmStore;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 use uuid::Uuid;
@@ -96,6 +96,8 @@ pub struct TestDb {
     pub db: DatabaseConnection,
     /// The URL of the test database.
     pub url: String,
+    /// The tables' names the store works on.
+    pub tables: Tables,
     cleanup: Cleanup,
 }
 
@@ -109,6 +111,17 @@ impl TestDb {
     /// An empty database without the outbox table.
     pub async fn without_outbox(backend: Backend) -> Option<Self> {
         Self::create(backend, false).await
+    }
+
+    /// A database migrated with the tables `tables` names (and the
+    /// inbox), whose [`store`](Self::store) works on them.
+    pub async fn with_tables(backend: Backend, tables: &Tables) -> Option<Self> {
+        let mut db = Self::create(backend, false).await?;
+        outbox_migration::migrate_tables(&db.db, tables, true)
+            .await
+            .expect("the outbox migration failed");
+        db.tables = tables.clone();
+        Some(db)
     }
 
     async fn create(backend: Backend, migrate: bool) -> Option<Self> {
@@ -180,6 +193,7 @@ impl TestDb {
             backend,
             db: DatabaseConnection::default(),
             url: url.clone(),
+            tables: Tables::default(),
             cleanup,
         };
         this.db = connect(&url, max_connections)
@@ -198,6 +212,8 @@ impl TestDb {
     /// A store over this database.
     pub fn store(&self) -> SeaOrmStore {
         SeaOrmStore::new(self.db.clone())
+            .with_tables(&self.tables)
+            .expect("tables this database has")
     }
 
     /// Runs one statement (DDL, bulk inserts) on this database.
@@ -316,6 +332,32 @@ pub async fn mysql_store() -> Option<(SeaOrmStore, TestDb)> {
 
 pub async fn sqlite_file_store() -> Option<(SeaOrmStore, TestDb)> {
     let db = TestDb::new(Backend::SqliteFile).await?;
+    Some((db.store(), db))
+}
+
+/// Other names than the defaults: a prefix everywhere, and a schema on
+/// PostgreSQL.
+pub fn other_names(backend: Backend) -> Tables {
+    let tables = Tables::prefixed("billing_").unwrap();
+    match backend {
+        Backend::Postgres => tables.schema("accounts").unwrap(),
+        _ => tables,
+    }
+}
+
+/// Factories for the conformance suite on tables of other names.
+pub async fn postgres_named_store() -> Option<(SeaOrmStore, TestDb)> {
+    let db = TestDb::with_tables(Backend::Postgres, &other_names(Backend::Postgres)).await?;
+    Some((db.store(), db))
+}
+
+pub async fn mysql_named_store() -> Option<(SeaOrmStore, TestDb)> {
+    let db = TestDb::with_tables(Backend::MySql, &other_names(Backend::MySql)).await?;
+    Some((db.store(), db))
+}
+
+pub async fn sqlite_named_store() -> Option<(SeaOrmStore, TestDb)> {
+    let db = TestDb::with_tables(Backend::SqliteFile, &other_names(Backend::SqliteFile)).await?;
     Some((db.store(), db))
 }
 
