@@ -603,10 +603,6 @@ impl SlowKeySink {
 
 #[async_trait::async_trait]
 impl outbox_engine::Sink for SlowKeySink {
-    async fn publish(&self, _: &[OutboxRecord]) -> Vec<outbox_engine::Outcome> {
-        unreachable!("the relay streams outcomes")
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
@@ -848,10 +844,6 @@ struct Overlap {
 
 #[async_trait::async_trait]
 impl outbox_engine::Sink for OverlapSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<outbox_engine::Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

@@ -113,10 +113,6 @@ struct TimerSink {
 
 #[async_trait]
 impl Sink for TimerSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
@@ -194,10 +190,6 @@ struct SlowKeysSink {
 
 #[async_trait]
 impl Sink for SlowKeysSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
@@ -334,10 +326,6 @@ struct SlowSink {
 
 #[async_trait]
 impl Sink for SlowSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
@@ -446,10 +434,6 @@ struct PipelinedSink {
 
 #[async_trait]
 impl Sink for PipelinedSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

@@ -171,8 +171,15 @@ mod broken {
         F: Fn(InMemorySink, Vec<OutboxRecord>) -> Fut + Send + Sync,
         Fut: std::future::Future<Output = Vec<Outcome>> + Send,
     {
-        async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-            (self.1)(self.0.clone(), records.to_vec()).await
+        async fn publish_each(
+            &self,
+            records: &[OutboxRecord],
+            report: &(dyn Fn(usize, Outcome) + Send + Sync),
+        ) {
+            let outcomes = (self.1)(self.0.clone(), records.to_vec()).await;
+            for (index, outcome) in outcomes.into_iter().enumerate() {
+                report(index, outcome);
+            }
         }
     }
 

@@ -108,10 +108,6 @@ impl PacedSink {
 
 #[async_trait]
 impl Sink for PacedSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
@@ -356,10 +352,6 @@ struct SlowKeysSink {
 
 #[async_trait]
 impl Sink for SlowKeysSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

@@ -663,10 +663,11 @@ struct LogSink {
 
 #[async_trait::async_trait]
 impl Sink for LogSink {
-    async fn publish(
+    async fn publish_each(
         &self,
         records: &[outbox_engine::OutboxRecord],
-    ) -> Vec<outbox_engine::Outcome> {
+        report: &(dyn Fn(usize, outbox_engine::Outcome) + Send + Sync),
+    ) {
         for record in records {
             let step = record.decode_as::<Step>().unwrap().unwrap();
             self.log.lock().unwrap().push((step.order, step.n));
@@ -675,10 +676,9 @@ impl Sink for LogSink {
             delivered.notify_one();
             std::future::pending::<()>().await;
         }
-        records
-            .iter()
-            .map(|_| outbox_engine::Outcome::Delivered)
-            .collect()
+        for index in 0..records.len() {
+            report(index, outbox_engine::Outcome::Delivered);
+        }
     }
 }
 

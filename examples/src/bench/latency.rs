@@ -212,10 +212,6 @@ struct TimedSink {
 
 #[async_trait]
 impl Sink for TimedSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

@@ -115,10 +115,6 @@ struct TestedSink {
 
 #[async_trait]
 impl Sink for TestedSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        outbox_engine::sink::collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

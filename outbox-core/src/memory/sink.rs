@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::event::TypedEvent;
 use crate::record::OutboxRecord;
-use crate::sink::{Outcome, Sink, collect_outcomes, publish_by_key};
+use crate::sink::{Outcome, Sink, publish_by_key};
 
 /// How an injected failure is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,10 +129,6 @@ impl InMemorySink {
 
 #[async_trait]
 impl Sink for InMemorySink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

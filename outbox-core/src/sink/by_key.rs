@@ -42,10 +42,6 @@ use crate::record::OutboxRecord;
 ///
 /// #[async_trait]
 /// impl Sink for Stdout {
-///     async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-///         outbox_engine::sink::collect_outcomes(self, records).await
-///     }
-///
 ///     async fn publish_each(
 ///         &self,
 ///         records: &[OutboxRecord],

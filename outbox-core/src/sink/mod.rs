@@ -31,14 +31,17 @@ use crate::record::OutboxRecord;
 /// (`outbox-rdkafka`), NATS JetStream (`outbox-nats`), an
 /// [`InMemorySink`](crate::InMemorySink) in tests.
 ///
-/// To write one, implement [`publish_each`](Sink::publish_each) with
-/// [`publish_by_key`] and a function that sends one record, and
-/// [`publish`](Sink::publish) with [`collect_outcomes`]; or let
-/// [`sink_fn`] do both.
+/// A sink implements one method, [`publish_each`](Sink::publish_each):
+/// write it with [`publish_by_key`] and a function that sends one record,
+/// or let [`sink_fn`] make the whole sink of such a function.
+/// [`publish`](Sink::publish) comes with it, collecting the same outcomes
+/// ([`collect_outcomes`]).
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Publishes a batch and returns one [`Outcome`] per record, in the
-    /// order of `records`.
+    /// Publishes a batch and reports each record's [`Outcome`] through
+    /// `report(index, outcome)` as soon as it is known (`index` into
+    /// `records`), exactly once per record, so the relay can mark delivered
+    /// records published while slower ones are still in flight.
     ///
     /// `records` come in claim order (by id). For each key, the records of
     /// that key come in enqueue order, and the sink must not deliver a
@@ -49,50 +52,46 @@ pub trait Sink: Send + Sync {
     ///
     /// A sink-wide failure (the broker is unreachable) is a retriable
     /// outcome for every record.
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome>;
-
-    /// Publishes a batch like [`publish`](Sink::publish), but reports each
-    /// record's outcome through `report(index, outcome)` as soon as it is
-    /// known (index into `records`), exactly once per record, so the relay
-    /// can mark delivered records published while slower ones are still in
-    /// flight. The same per-key rule holds. The default calls `publish` and
-    /// reports every outcome when it returns.
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
         report: &(dyn Fn(usize, Outcome) + Send + Sync),
-    ) {
-        for (index, outcome) in self.publish(records).await.into_iter().enumerate() {
-            report(index, outcome);
-        }
+    );
+
+    /// Publishes a batch like [`publish_each`](Sink::publish_each) and
+    /// returns one [`Outcome`] per record, in the order of `records`, once
+    /// the last is known. The default collects what `publish_each` reports
+    /// ([`collect_outcomes`]).
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        collect_outcomes(self, records).await
     }
 }
 
 #[async_trait]
 impl<S: Sink + ?Sized> Sink for Box<S> {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        (**self).publish(records).await
-    }
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
         report: &(dyn Fn(usize, Outcome) + Send + Sync),
     ) {
         (**self).publish_each(records, report).await
+    }
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        (**self).publish(records).await
     }
 }
 
 #[async_trait]
 impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        (**self).publish(records).await
-    }
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
         report: &(dyn Fn(usize, Outcome) + Send + Sync),
     ) {
         (**self).publish_each(records, report).await
+    }
+    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
+        (**self).publish(records).await
     }
 }
 
@@ -158,8 +157,8 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Publishes `records` with `sink`'s [`publish_each`](Sink::publish_each)
-/// and returns the outcomes in the order of `records`: the
-/// [`publish`](Sink::publish) of a sink whose `publish_each` does the work.
+/// and returns the outcomes in the order of `records`: what
+/// [`publish`](Sink::publish) does unless a sink says otherwise.
 /// A record that `publish_each` left without an outcome gets a retriable
 /// one saying so; of a record reported twice, the first report counts.
 pub async fn collect_outcomes<S: Sink + ?Sized>(
@@ -201,13 +200,20 @@ mod tests {
 
     #[async_trait]
     impl Sink for SecondFails {
-        async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-            (0..records.len())
-                .map(|i| match i {
-                    1 => Outcome::retriable("second"),
-                    _ => Outcome::Delivered,
-                })
-                .collect()
+        async fn publish_each(
+            &self,
+            records: &[OutboxRecord],
+            report: &(dyn Fn(usize, Outcome) + Send + Sync),
+        ) {
+            for index in 0..records.len() {
+                report(
+                    index,
+                    match index {
+                        1 => Outcome::retriable("second"),
+                        _ => Outcome::Delivered,
+                    },
+                );
+            }
         }
     }
 
@@ -227,7 +233,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn publish_each_reports_publish_outcomes_once_each_in_order() {
+    async fn a_boxed_or_shared_sink_reports_what_the_sink_reports() {
         let records = records(3);
         let expected = vec![
             (0, "delivered".to_owned()),
@@ -240,5 +246,18 @@ mod tests {
         let shared: Arc<dyn Sink> = Arc::new(SecondFails);
         assert_eq!(reported(&shared, &records).await, expected);
         assert!(reported(&SecondFails, &[]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn publish_returns_what_publish_each_reports_in_record_order() {
+        let records = records(3);
+        let published = |outcomes: Vec<Outcome>| -> Vec<String> {
+            outcomes.iter().map(ToString::to_string).collect()
+        };
+        let expected = ["delivered", "retriable failure: second", "delivered"];
+        assert_eq!(published(SecondFails.publish(&records).await), expected);
+        let boxed: Box<dyn Sink> = Box::new(SecondFails);
+        assert_eq!(published(boxed.publish(&records).await), expected);
+        assert!(SecondFails.publish(&[]).await.is_empty());
     }
 }

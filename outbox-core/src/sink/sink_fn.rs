@@ -5,7 +5,7 @@ use std::future::Future;
 
 use async_trait::async_trait;
 
-use super::{Outcome, Sink, collect_outcomes, publish_by_key};
+use super::{Outcome, Sink, publish_by_key};
 use crate::record::OutboxRecord;
 
 /// A [`Sink`] that sends each record with `send` and keeps the sink
@@ -80,10 +80,6 @@ where
     F: Fn(OutboxRecord) -> Fut + Send + Sync,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

@@ -34,7 +34,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_engine::sink::collect_outcomes;
 use outbox_engine::{OutboxRecord, Outcome, Sink};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
@@ -513,10 +512,6 @@ fn dispose<C: ClientContext + 'static>(producer: Arc<FutureProducer<C>>) {
 
 #[async_trait]
 impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use outbox_engine::sink::{collect_outcomes, publish_by_key};
+use outbox_engine::sink::publish_by_key;
 use outbox_engine::{OutboxRecord, Outcome, Sink};
 
 pub use builder::NatsSinkBuilder;
@@ -229,10 +229,6 @@ impl NatsSink {
 
 #[async_trait]
 impl Sink for NatsSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        collect_outcomes(self, records).await
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],

@@ -518,21 +518,6 @@ impl RecordingSink {
 
 #[async_trait]
 impl Sink for RecordingSink {
-    async fn publish(&self, records: &[OutboxRecord]) -> Vec<Outcome> {
-        let outcomes: Mutex<Vec<Option<Outcome>>> =
-            Mutex::new(records.iter().map(|_| None).collect());
-        self.publish_each(records, &|index, outcome| {
-            outcomes.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(outcome);
-        })
-        .await;
-        outcomes
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-            .into_iter()
-            .map(|outcome| outcome.unwrap_or_else(|| Outcome::retriable("no outcome")))
-            .collect()
-    }
-
     async fn publish_each(
         &self,
         records: &[OutboxRecord],
