@@ -115,8 +115,12 @@ pub(crate) struct PurgeArgs {
     batch_size: u64,
 }
 
-pub(crate) async fn status(url: &str, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let store = db::store(url, 2).await?;
+pub(crate) async fn status(
+    url: &str,
+    tables: &outbox_sea_orm::Tables,
+    args: &StatusArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = db::store(url, tables, 2).await?;
     let now = Utc::now();
     let stats = store
         .stats(now)
@@ -195,8 +199,12 @@ fn status_json(stats: &OutboxStats, now: DateTime<Utc>) -> Value {
     })
 }
 
-pub(crate) async fn dead(url: &str, command: DeadCommand) -> anyhow::Result<ExitCode> {
-    let store = db::store(url, 2).await?;
+pub(crate) async fn dead(
+    url: &str,
+    tables: &outbox_sea_orm::Tables,
+    command: DeadCommand,
+) -> anyhow::Result<ExitCode> {
+    let store = db::store(url, tables, 2).await?;
     match command {
         DeadCommand::List(args) => list(&store, &args).await,
         DeadCommand::Show(args) => show(&store, &args).await,
@@ -436,8 +444,12 @@ async fn each(
     })
 }
 
-pub(crate) async fn purge(url: &str, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
-    let store = db::store(url, 2).await?;
+pub(crate) async fn purge(
+    url: &str,
+    tables: &outbox_sea_orm::Tables,
+    args: &PurgeArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = db::store(url, tables, 2).await?;
     let before = Utc::now() - TimeDelta::from_std(args.older_than).unwrap_or(TimeDelta::MAX);
     let batch = usize::try_from(args.batch_size).unwrap_or(usize::MAX);
     let progress = std::io::stderr().is_terminal();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use outbox_sea_orm::{Error as StoreError, SeaOrmStore};
+use outbox_sea_orm::{Error as StoreError, SeaOrmStore, Tables};
 use sea_orm::ConnectOptions;
 
 use crate::Global;
@@ -17,6 +17,29 @@ pub(crate) fn database_url(global: &Global) -> anyhow::Result<String> {
             "no database: pass --database-url or set DATABASE_URL (postgres://user@host/db, \
              mysql://user@host/db or sqlite://FILE)",
         ),
+    }
+}
+
+/// The tables' names from `--schema`, `--outbox-table`, `--keys-table`
+/// and `--inbox-table`, or a usage error that says what is wrong.
+pub(crate) fn tables(global: &Global) -> anyhow::Result<Tables> {
+    let named = || -> Result<Tables, outbox_sea_orm::InvalidName> {
+        let mut tables = Tables::default()
+            .with_outbox(global.outbox_table.trim())?
+            .with_inbox(global.inbox_table.trim())?;
+        if let Some(keys) = &global.keys_table {
+            tables = tables.with_keys(keys.trim())?;
+        }
+        if let Some(schema) = &global.schema {
+            tables = tables.schema(schema.trim())?;
+        }
+        Ok(tables)
+    };
+    match named() {
+        Ok(tables) => Ok(tables),
+        Err(error) => crate::usage_error(&format!(
+            "{error} (--schema, --outbox-table, --keys-table, --inbox-table)"
+        )),
     }
 }
 
@@ -33,8 +56,12 @@ pub(crate) fn options(url: &str, max_connections: u32) -> ConnectOptions {
 }
 
 /// A store over the outbox tables at `url`, checked.
-pub(crate) async fn store(url: &str, max_connections: u32) -> anyhow::Result<SeaOrmStore> {
-    SeaOrmStore::connect(options(url, max_connections))
+pub(crate) async fn store(
+    url: &str,
+    tables: &Tables,
+    max_connections: u32,
+) -> anyhow::Result<SeaOrmStore> {
+    SeaOrmStore::connect_with_tables(options(url, max_connections), tables)
         .await
         .map_err(|error| explain(error, url))
 }

@@ -55,6 +55,33 @@ struct Global {
     /// mysql://... (MySQL and MariaDB) or sqlite://FILE.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// The PostgreSQL schema of the outbox's tables (created by `outbox
+    /// migrate` when missing); by default the connection's.
+    #[arg(long, env = "OUTBOX_SCHEMA", global = true, value_name = "NAME")]
+    schema: Option<String>,
+    /// The outbox table's name; its keys' table is NAME_keys unless
+    /// --keys-table says otherwise. Give the same names to every command
+    /// and to the service's writers.
+    #[arg(
+        long,
+        env = "OUTBOX_TABLE",
+        global = true,
+        value_name = "NAME",
+        default_value = "outbox"
+    )]
+    outbox_table: String,
+    /// The keys' table's name (by default the outbox table's, then `_keys`).
+    #[arg(long, env = "OUTBOX_KEYS_TABLE", global = true, value_name = "NAME")]
+    keys_table: Option<String>,
+    /// The consumer's inbox table's name (`outbox migrate --inbox`).
+    #[arg(
+        long,
+        env = "OUTBOX_INBOX_TABLE",
+        global = true,
+        value_name = "NAME",
+        default_value = "inbox"
+    )]
+    inbox_table: String,
     /// How log lines look on stderr (the level comes from RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "OUTBOX_LOG_FORMAT")]
     log_format: LogFormat,
@@ -110,13 +137,14 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let url = || db::database_url(&cli.global);
+    let tables = db::tables(&cli.global)?;
     match cli.command {
-        Command::Migrate(args) => migrate::run(&url()?, &args).await,
-        Command::Relay(args) => relay::run(&url()?, args).await,
-        Command::Status(args) => admin::status(&url()?, &args).await,
-        Command::Dead(command) => admin::dead(&url()?, command).await,
-        Command::Purge(args) => admin::purge(&url()?, &args).await,
-        Command::Topics(command) => topics::run(&url()?, command).await,
+        Command::Migrate(args) => migrate::run(&url()?, &tables, &args).await,
+        Command::Relay(args) => relay::run(&url()?, &tables, args).await,
+        Command::Status(args) => admin::status(&url()?, &tables, &args).await,
+        Command::Dead(command) => admin::dead(&url()?, &tables, command).await,
+        Command::Purge(args) => admin::purge(&url()?, &tables, &args).await,
+        Command::Topics(command) => topics::run(&url()?, &tables, command).await,
     }
 }
 

@@ -26,14 +26,18 @@ pub(crate) struct MigrateArgs {
     inbox: bool,
 }
 
-pub(crate) async fn run(url: &str, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    url: &str,
+    tables: &migration::Tables,
+    args: &MigrateArgs,
+) -> anyhow::Result<ExitCode> {
     let db = connect(url).await?;
-    let mut migrations = migration::migrations();
+    let mut migrations = migration::migrations_for(tables);
     if args.inbox {
-        migrations.extend(migration::inbox_migrations());
+        migrations.extend(migration::inbox_migrations_for(tables));
     }
     if args.status {
-        let applied = applied(&db).await.unwrap_or_default();
+        let applied = applied(&db, tables).await.unwrap_or_default();
         for migration in &migrations {
             let state = if applied.contains(migration.name()) {
                 "applied"
@@ -44,11 +48,14 @@ pub(crate) async fn run(url: &str, args: &MigrateArgs) -> anyhow::Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let migrated = migration::migrate(&db, args.inbox)
+    let migrated = migration::migrate_tables(&db, tables, args.inbox)
         .await
         .context("the outbox migrations failed")?;
     for name in &migrated.taken_over {
-        println!("moved    {name} (from seaql_migrations to outbox_migrations)");
+        println!(
+            "moved    {name} (from seaql_migrations to {})",
+            tables.migrations()
+        );
     }
     for name in &migrated.applied {
         println!("applied  {name}");
@@ -81,11 +88,16 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         })
 }
 
-/// The versions recorded in `outbox_migrations` or in `seaql_migrations`
-/// (by a service's own `Migrator`).
-async fn applied(db: &DatabaseConnection) -> Result<HashSet<String>, sea_orm::DbErr> {
+/// The versions recorded in `outbox_migrations` (`<outbox>_migrations`) or
+/// in `seaql_migrations` (by a service's own `Migrator`).
+async fn applied(
+    db: &DatabaseConnection,
+    tables: &migration::Tables,
+) -> Result<HashSet<String>, sea_orm::DbErr> {
+    let backend = db.get_database_backend();
     let mut applied = HashSet::new();
-    for table in [migration::MIGRATION_TABLE, "seaql_migrations"] {
+    let journal = tables.qualified(backend, &tables.migrations());
+    for table in [journal.as_str(), "seaql_migrations"] {
         let statement = Statement::from_string(
             db.get_database_backend(),
             format!("SELECT version FROM {table}"),

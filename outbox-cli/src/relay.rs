@@ -145,7 +145,11 @@ fn retention(text: &str) -> Result<Retention, String> {
     }
 }
 
-pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    url: &str,
+    tables: &outbox_sea_orm::Tables,
+    args: RelayArgs,
+) -> anyhow::Result<ExitCode> {
     // What no waiting can fix fails at once: the URL, the options.
     outbox_sea_orm::SeaOrmStore::check_url(url).map_err(anyhow::Error::new)?;
     if args.listen && !url.starts_with("postgres") {
@@ -183,7 +187,7 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> anyhow::Result<ExitCode> 
     // The database and the brokers may not be there yet (a relay starting
     // beside them): wait, with backoff, not ready meanwhile.
     let started = tokio::select! {
-        started = start(url, &args, &target, &readiness) => started?,
+        started = start(url, tables, &args, &target, &readiness) => started?,
         signal = &mut signalled => {
             let signal = signal.unwrap_or("a signal");
             tracing::info!(signal, "stopping before the relay started");
@@ -318,13 +322,14 @@ const MAX_START_PAUSE: Duration = Duration::from_secs(30);
 /// what waiting cannot fix (a login the database refuses, a bad setting).
 async fn start(
     url: &str,
+    tables: &outbox_sea_orm::Tables,
     args: &RelayArgs,
     target: &Target,
     readiness: &Readiness,
 ) -> anyhow::Result<(SeaOrmStore, Box<dyn Sink>, String)> {
     let pool = args.pool_size + u32::from(args.listen);
     let store = until_ok(readiness, "the database", || async {
-        match SeaOrmStore::connect(db::options(url, pool)).await {
+        match SeaOrmStore::connect_with_tables(db::options(url, pool), tables).await {
             Ok(store) => Ok(Ok(store)),
             Err(error @ (StoreError::MissingTable { .. } | StoreError::OutdatedTable { .. })) => {
                 Err(format!(

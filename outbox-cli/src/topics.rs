@@ -45,9 +45,13 @@ pub(crate) struct EnsureArgs {
     topics: Vec<String>,
 }
 
-pub(crate) async fn run(url: &str, command: TopicsCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    url: &str,
+    tables: &outbox_sea_orm::Tables,
+    command: TopicsCommand,
+) -> anyhow::Result<ExitCode> {
     let TopicsCommand::Ensure(args) = command;
-    let store = db::store(url, 2).await?;
+    let store = db::store(url, tables, 2).await?;
     let stats = store
         .stats(Utc::now())
         .await

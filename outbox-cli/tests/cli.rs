@@ -928,3 +928,91 @@ async fn topics_ensure_creates_the_topics_pending_records_name() {
         assert_eq!(partitions.get(format!("{prefix}orders").as_str()), Some(&2));
     }
 }
+
+/// Every command takes the tables' names (`--schema`, `--outbox-table`,
+/// `--inbox-table`, or their environment variables): `migrate` creates
+/// them, `relay` drains them, `status` counts them, and the default
+/// tables stay untouched; a name the databases cannot take is a usage
+/// error that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_work_on_tables_of_other_names() {
+    for backend in [Backend::SqliteFile, Backend::Postgres] {
+        let Some(mut db) = TestDb::without_outbox(backend).await else {
+            continue;
+        };
+        let tables = common::other_names(backend);
+        let named = |command: &mut std::process::Command| {
+            command
+                .env("OUTBOX_TABLE", tables.outbox())
+                .args(["--inbox-table", tables.inbox()]);
+            if let Some(schema) = tables.schema_name() {
+                command.args(["--schema", schema]);
+            }
+        };
+        let mut migrate = outbox(&db.url);
+        migrate.args(["migrate", "--inbox"]);
+        named(&mut migrate);
+        let out = output(migrate).await;
+        assert_ok(&out);
+        assert!(
+            stdout(&out).contains("applied  m20261202_000001_inbox_billing_outbox"),
+            "{}",
+            stdout(&out)
+        );
+        let mut listed = outbox(&db.url);
+        listed.args(["migrate", "--status"]);
+        named(&mut listed);
+        let out = output(listed).await;
+        assert_ok(&out);
+        assert!(!stdout(&out).contains("pending"), "{}", stdout(&out));
+        let mut plain = outbox(&db.url);
+        plain.args(["migrate", "--status"]);
+        let out = output(plain).await;
+        assert!(stdout(&out).contains("pending"), "{}", stdout(&out));
+
+        db.tables = tables.clone();
+        let enqueued = enqueue_steps(&db, 40, 4).await;
+        let broker = Broker::new(3);
+        if broker.real() {
+            let mut ensure = outbox(&db.url);
+            ensure.args([
+                "topics",
+                "ensure",
+                "--brokers",
+                &broker.brokers,
+                "--topic-prefix",
+                &broker.prefix,
+                "--partitions",
+                "3",
+            ]);
+            named(&mut ensure);
+            assert_ok(&output(ensure).await);
+        }
+        let mut relay = broker.relay(&db.url);
+        relay.args(["--until-empty", "--poll-interval", "100ms"]);
+        named(&mut relay);
+        assert_ok(&output(relay).await);
+        let log = broker.consume("orders", 3, 40);
+        check_log(&enqueued, &log);
+
+        let mut status = outbox(&db.url);
+        status.args(["status", "--json"]);
+        named(&mut status);
+        let out = output(status).await;
+        assert_ok(&out);
+        let stats: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(
+            (stats["published"].as_u64(), stats["pending"].as_u64()),
+            (Some(40), Some(0))
+        );
+
+        // The default tables were never created: the commands say so.
+        let mut status = outbox(&db.url);
+        status.arg("status");
+        assert_fails(&output(status).await, 1, "outbox migrate");
+
+        let mut bad = outbox(&db.url);
+        bad.args(["status", "--outbox-table", "Billing-Outbox"]);
+        assert_fails(&output(bad).await, 2, "cannot be used");
+    }
+}

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use outbox_migration::{Migrator, MigratorTrait, Tables};
 use outbox_sea_orm::SeaOrmStore;
+use outbox_sea_orm::migration::{Migrator, MigratorTrait, Tables};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 use uuid::Uuid;
 
@@ -117,7 +117,7 @@ impl TestDb {
     /// inbox), whose [`store`](Self::store) works on them.
     pub async fn with_tables(backend: Backend, tables: &Tables) -> Option<Self> {
         let mut db = Self::create(backend, false).await?;
-        outbox_migration::migrate_tables(&db.db, tables, true)
+        outbox_sea_orm::migration::migrate_tables(&db.db, tables, true)
             .await
             .expect("the outbox migration failed");
         db.tables = tables.clone();
