@@ -1,8 +1,7 @@
 //! The outcomes of a batch in flight, grouped by key, handed out for
 //! settling as soon as what to do with them is known.
 
-use std::collections::HashMap;
-
+use crate::sink::KeyGroups;
 use crate::{OutboxRecord, Outcome};
 
 /// A record ready to settle.
@@ -48,30 +47,14 @@ impl Slot {
 #[derive(Debug)]
 pub(super) struct Tracker {
     slots: Vec<Slot>,
-    /// The batch indexes of each key's records (a keyless record is a group
-    /// of its own), in batch order.
-    groups: Vec<Vec<usize>>,
+    groups: KeyGroups,
 }
 
 impl Tracker {
     pub(super) fn new(records: &[OutboxRecord]) -> Self {
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        let mut by_key: HashMap<&str, usize> = HashMap::new();
-        for (index, record) in records.iter().enumerate() {
-            match record.key.as_deref() {
-                Some(key) => {
-                    let group = *by_key.entry(key).or_insert_with(|| {
-                        groups.push(Vec::new());
-                        groups.len() - 1
-                    });
-                    groups[group].push(index);
-                }
-                None => groups.push(vec![index]),
-            }
-        }
         Self {
             slots: records.iter().map(|_| Slot::Waiting).collect(),
-            groups,
+            groups: KeyGroups::new(records),
         }
     }
 
@@ -115,7 +98,7 @@ impl Tracker {
     /// Hands out every record whose settlement is known.
     pub(super) fn take_settled(&mut self) -> Vec<Ready> {
         let mut ready = Vec::new();
-        for indexes in &self.groups {
+        for indexes in self.groups.iter() {
             let complete = indexes
                 .iter()
                 .all(|&index| !matches!(self.slots[index], Slot::Waiting));

@@ -1,14 +1,13 @@
 //! [`publish_by_key`]: the per-key scheduling of a batch, written once for
 //! every sink.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use uuid::Uuid;
 
-use super::Outcome;
+use super::{KeyGroups, Outcome};
 use crate::record::OutboxRecord;
 
 /// Publishes a batch with `send`, one record at a time per key, every key
@@ -61,25 +60,28 @@ where
     F: FnMut(&'r OutboxRecord) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    let mut chains = chains(records);
+    let groups = KeyGroups::new(records);
+    // How many records of each group have an outcome.
+    let mut done = vec![0; groups.len()];
     let mut in_flight = FuturesUnordered::new();
-    for (chain, indexes) in chains.iter().enumerate() {
-        in_flight.push(tagged(chain, send(&records[indexes[0]])));
+    for (group, indexes) in groups.iter().enumerate() {
+        in_flight.push(tagged(group, send(&records[indexes[0]])));
     }
-    while let Some((chain, outcome)) = in_flight.next().await {
-        let Some(index) = chains[chain].pop_front() else {
-            unreachable!("a chain in flight has a head");
-        };
+    while let Some((group, outcome)) = in_flight.next().await {
+        let indexes = groups.group(group);
+        let index = indexes[done[group]];
+        done[group] += 1;
+        let rest = &indexes[done[group]..];
         if outcome.is_delivered() {
             report(index, outcome);
-            if let Some(&next) = chains[chain].front() {
-                in_flight.push(tagged(chain, send(&records[next])));
+            if let Some(&next) = rest.first() {
+                in_flight.push(tagged(group, send(&records[next])));
             }
             continue;
         }
         report(index, outcome);
         let failed = &records[index];
-        for held in chains[chain].drain(..) {
+        for &held in rest {
             report(
                 held,
                 Outcome::Retriable(Box::new(HeldBack::new(&records[held], failed))),
@@ -88,29 +90,9 @@ where
     }
 }
 
-/// The record indexes of each key, in batch order; a keyless record is a
-/// chain of its own. Chains come in the order of their first record.
-fn chains(records: &[OutboxRecord]) -> Vec<VecDeque<usize>> {
-    let mut chains: Vec<VecDeque<usize>> = Vec::new();
-    let mut by_key: HashMap<&str, usize> = HashMap::new();
-    for (index, record) in records.iter().enumerate() {
-        match record.key.as_deref() {
-            Some(key) => match by_key.get(key) {
-                Some(&chain) => chains[chain].push_back(index),
-                None => {
-                    by_key.insert(key, chains.len());
-                    chains.push(VecDeque::from([index]));
-                }
-            },
-            None => chains.push(VecDeque::from([index])),
-        }
-    }
-    chains
-}
-
-/// A send, tagged with its chain.
-async fn tagged<Fut: Future<Output = Outcome>>(chain: usize, send: Fut) -> (usize, Outcome) {
-    (chain, send.await)
+/// A send, tagged with its group.
+async fn tagged<Fut: Future<Output = Outcome>>(group: usize, send: Fut) -> (usize, Outcome) {
+    (group, send.await)
 }
 
 /// Why a record was not sent: an earlier record of its key failed in the
@@ -171,16 +153,6 @@ mod tests {
                 OutboxRecord::from_new(i as i64 + 1, crate::testkit::record(*key, i as u32))
             })
             .collect()
-    }
-
-    #[test]
-    fn chains_group_records_by_key_in_batch_order() {
-        let records = records(&[Some("a"), None, Some("b"), Some("a"), None, Some("a")]);
-        let chains: Vec<Vec<usize>> = chains(&records)
-            .into_iter()
-            .map(|chain| chain.into_iter().collect())
-            .collect();
-        assert_eq!(chains, vec![vec![0, 3, 5], vec![1], vec![2], vec![4]]);
     }
 
     /// Each send's record id, in the order `send` was called, and the

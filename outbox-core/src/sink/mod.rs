@@ -11,6 +11,7 @@
 
 mod by_key;
 mod headers;
+mod key_groups;
 mod sink_fn;
 
 use std::fmt;
@@ -22,6 +23,7 @@ pub use by_key::{HeldBack, publish_by_key};
 pub use headers::{
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER, is_outbox_header, message_headers,
 };
+pub use key_groups::KeyGroups;
 pub use sink_fn::{SinkFn, sink_fn};
 
 use crate::error::BoxError;

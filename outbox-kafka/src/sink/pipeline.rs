@@ -33,11 +33,12 @@
 //!   the run handed over before the cut-off may have been purged.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::stream::{FuturesUnordered, StreamExt};
+use outbox_engine::sink::KeyGroups;
 use outbox_engine::{HeldBack, OutboxRecord, Outcome};
 use tokio::time::Instant;
 
@@ -268,11 +269,9 @@ enum Slot {
     Reported,
 }
 
-/// A key's records (or one keyless record).
-#[derive(Debug)]
+/// Where a key's records (a group of the batch's [`KeyGroups`]) stand.
+#[derive(Debug, Default)]
 struct Chain {
-    /// Batch indexes, in batch order.
-    indexes: Vec<usize>,
     /// How many of them have started (their runs).
     started: usize,
     /// How many of them, from the first, are reported.
@@ -287,9 +286,9 @@ struct Chain {
 #[derive(Debug)]
 struct Plan<'t> {
     topics: &'t [Cow<'t, str>],
+    groups: KeyGroups,
+    /// Each group's progress.
     chains: Vec<Chain>,
-    /// Each record's chain and position in it.
-    place: Vec<(usize, usize)>,
     slots: Vec<Slot>,
     /// Records to hand over, in order, with when their run started.
     ready: VecDeque<(usize, Instant)>,
@@ -301,30 +300,11 @@ struct Plan<'t> {
 impl<'t> Plan<'t> {
     /// Groups the records by key and starts every key's first run.
     fn new(records: &[OutboxRecord], topics: &'t [Cow<'t, str>]) -> Self {
-        let mut chains: Vec<Chain> = Vec::new();
-        let mut place = Vec::with_capacity(records.len());
-        let mut by_key: HashMap<&str, usize> = HashMap::new();
-        for (index, record) in records.iter().enumerate() {
-            let chain = match record.key.as_deref() {
-                Some(key) => *by_key.entry(key).or_insert(chains.len()),
-                None => chains.len(),
-            };
-            if chain == chains.len() {
-                chains.push(Chain {
-                    indexes: Vec::new(),
-                    started: 0,
-                    reported: 0,
-                    failed: None,
-                    token: None,
-                });
-            }
-            place.push((chain, chains[chain].indexes.len()));
-            chains[chain].indexes.push(index);
-        }
+        let groups = KeyGroups::new(records);
         let mut plan = Self {
             topics,
-            chains,
-            place,
+            chains: groups.iter().map(|_| Chain::default()).collect(),
+            groups,
             slots: records.iter().map(|_| Slot::Idle).collect(),
             ready: VecDeque::new(),
             handed: VecDeque::new(),
@@ -336,7 +316,7 @@ impl<'t> Plan<'t> {
         }
         // Every first run at once, in batch order.
         for index in 0..records.len() {
-            let (chain, position) = plan.place[index];
+            let (chain, position) = plan.groups.place(index);
             if position < plan.chains[chain].started {
                 plan.slots[index] = Slot::Ready;
                 plan.ready.push_back((index, now));
@@ -347,10 +327,9 @@ impl<'t> Plan<'t> {
 
     /// Where the run starting at `chain`'s first unstarted record ends.
     fn run_end(&self, chain: usize) -> usize {
-        let Chain {
-            indexes, started, ..
-        } = &self.chains[chain];
-        let topic = &self.topics[indexes[*started]];
+        let indexes = self.groups.group(chain);
+        let started = self.chains[chain].started;
+        let topic = &self.topics[indexes[started]];
         let mut end = started + 1;
         while end < indexes.len() && self.topics[indexes[end]] == *topic {
             end += 1;
@@ -372,7 +351,7 @@ impl<'t> Plan<'t> {
 
     /// The token of `index`'s run.
     fn token(&mut self, index: usize) -> &mut RunToken {
-        &mut self.chains[self.place[index].0].token
+        &mut self.chains[self.groups.place(index).0].token
     }
 
     /// The record at the front was handed over.
@@ -409,9 +388,8 @@ impl<'t> Plan<'t> {
 
     /// Whether some key has more than one record in the producer.
     fn a_key_has_several_in_producer(&self) -> bool {
-        self.chains.iter().any(|chain| {
-            chain
-                .indexes
+        self.groups.iter().any(|indexes| {
+            indexes
                 .iter()
                 .filter(|&&index| matches!(self.slots[index], Slot::Sent))
                 .nth(1)
@@ -427,9 +405,8 @@ impl<'t> Plan<'t> {
 
     /// Whether a later record of `index`'s key is in the producer.
     fn later_in_producer(&self, index: usize) -> bool {
-        let (chain, position) = self.place[index];
-        let chain = &self.chains[chain];
-        chain.indexes[position + 1..chain.started]
+        let (chain, position) = self.groups.place(index);
+        self.groups.group(chain)[position + 1..self.chains[chain].started]
             .iter()
             .any(|&later| matches!(self.slots[later], Slot::Sent))
     }
@@ -441,7 +418,8 @@ impl<'t> Plan<'t> {
         S: Fn(&OutboxRecord, RecordResult) -> Outcome,
         R: Fn(usize, Outcome),
     {
-        let (c, position) = self.place[index];
+        let (c, position) = self.groups.place(index);
+        let indexes = self.groups.group(c);
         if result.is_ok() {
             self.slots[index] = Slot::Delivered;
         } else {
@@ -452,7 +430,7 @@ impl<'t> Plan<'t> {
                 chain.failed = Some(position);
             }
             // What has not reached the producer stays out of it.
-            for &later in &chain.indexes[position + 1..] {
+            for &later in &indexes[position + 1..] {
                 if matches!(self.slots[later], Slot::Idle | Slot::Ready) {
                     self.slots[later] = Slot::Reported;
                     out.held_back(later, index);
@@ -461,12 +439,12 @@ impl<'t> Plan<'t> {
         }
         // Report the deliveries whose earlier records all have outcomes.
         let chain = &mut self.chains[c];
-        while let Some(&next) = chain.indexes.get(chain.reported) {
+        while let Some(&next) = indexes.get(chain.reported) {
             match self.slots[next] {
                 Slot::Reported => {}
                 Slot::Delivered => {
                     if let Some(failed) = chain.failed.filter(|&f| f < chain.reported) {
-                        out.gap(next, chain.indexes[failed]);
+                        out.gap(next, indexes[failed]);
                     }
                     self.slots[next] = Slot::Reported;
                     out.outcome(next, Ok(()));
@@ -479,12 +457,12 @@ impl<'t> Plan<'t> {
         let chain = &self.chains[c];
         if chain.failed.is_none()
             && chain.reported == chain.started
-            && chain.started < chain.indexes.len()
+            && chain.started < indexes.len()
         {
             let end = self.run_end(c);
             let chain = &mut self.chains[c];
             let now = Instant::now();
-            for &next in &chain.indexes[chain.started..end] {
+            for &next in &indexes[chain.started..end] {
                 self.slots[next] = Slot::Ready;
                 self.ready.push_back((next, now));
             }
