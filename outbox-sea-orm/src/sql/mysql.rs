@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::{Alias, Expr, InsertStatement, OnConflict, SimpleExpr};
-use sea_orm::{DbBackend, Statement};
+use sea_orm::{DbBackend, IsolationLevel, Statement, TransactionOptions};
 
 use super::{Dialect, Names, keys_insert};
 
@@ -22,6 +22,15 @@ impl Dialect for MySql {
 
     fn names(&self) -> &Names {
         &self.0
+    }
+
+    /// At `READ COMMITTED`, so locking reads take no gap locks that would
+    /// hold up writers' inserts.
+    fn transaction(&self) -> TransactionOptions {
+        TransactionOptions {
+            isolation_level: Some(IsolationLevel::ReadCommitted),
+            ..TransactionOptions::default()
+        }
     }
 
     fn now(&self) -> Option<Statement> {

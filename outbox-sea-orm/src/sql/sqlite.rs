@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::SimpleExpr;
-use sea_orm::{DbBackend, Statement};
+use sea_orm::{DbBackend, SqliteTransactionMode, Statement, TransactionOptions};
 
 use super::{Dialect, Names};
 
@@ -25,6 +25,15 @@ impl Dialect for Sqlite {
 
     fn locks_rows(&self) -> bool {
         false
+    }
+
+    /// Taking the write lock at `BEGIN` (`IMMEDIATE`), so two claimers
+    /// never both read and then fail to upgrade.
+    fn transaction(&self) -> TransactionOptions {
+        TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        }
     }
 
     fn now(&self) -> Option<Statement> {

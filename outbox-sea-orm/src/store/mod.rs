@@ -19,7 +19,7 @@ use outbox_engine::{
 use outbox_migration::Tables;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, IsolationLevel, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    DbErr, Statement, TransactionTrait,
 };
 
 pub use connect::redact as redact_url;
@@ -187,7 +187,7 @@ impl SeaOrmStore {
         F: AsyncFnOnce(&DatabaseTransaction) -> Result<T, TxError>,
     {
         let result = async {
-            let txn = begin(&self.db).await?;
+            let txn = self.db.begin_with_options(self.sql.transaction()).await?;
             let value = work(&txn).await?;
             txn.commit().await?;
             Ok(value)
@@ -252,21 +252,6 @@ impl From<Error> for TxError {
     fn from(error: Error) -> Self {
         TxError::Outbox(error)
     }
-}
-
-async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    let options = match db.get_database_backend() {
-        DbBackend::MySql => TransactionOptions {
-            isolation_level: Some(IsolationLevel::ReadCommitted),
-            ..TransactionOptions::default()
-        },
-        DbBackend::Sqlite => TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        },
-        _ => TransactionOptions::default(),
-    };
-    db.begin_with_options(options).await
 }
 
 #[async_trait]
