@@ -125,6 +125,7 @@
 
 mod check;
 mod harness;
+mod problem;
 mod run;
 mod schedule;
 
@@ -132,8 +133,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use check::{Problem, Violation};
 pub use harness::Defect;
+pub use problem::{Problem, Violation};
 pub use schedule::{Fault, History, ParseScheduleError, Schedule};
 
 use crate::InMemoryStore;
@@ -375,7 +376,7 @@ impl<S: TestStore> Explorer<S> {
         };
         repeated
             .and_then(|()| check::check(schedule, &execution))
-            .map_err(|problem| Violation::new(schedule.clone(), problem, Some(&execution)))?;
+            .map_err(|problem| Violation::new(schedule.clone(), problem, Some(&execution.state)))?;
         summary.add(schedule, &execution);
         let state = execution.state;
         Ok((state.steps, state.store_steps))

@@ -2,9 +2,12 @@
 
 mod builder;
 mod context;
+mod handoff;
 mod pipeline;
+mod plan;
 mod publish;
 mod purge;
+mod reporter;
 mod routing;
 mod settle;
 
@@ -43,7 +46,8 @@ pub use builder::KafkaSinkBuilder;
 pub use builder::OAuthContext;
 pub use context::{BrokerError, TracingContext};
 
-use self::publish::{Limits, RecordResult, publish_batch};
+use self::handoff::RecordResult;
+use self::publish::{Limits, publish_batch};
 use self::purge::PurgeGate;
 use self::routing::Routing;
 use self::settle::{held_back_as_ours, outcome, unless_fatal, with_broker_error};

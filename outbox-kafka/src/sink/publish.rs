@@ -17,7 +17,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::time::Instant;
 
-use super::pipeline::{Handoff, QUEUE_FULL_PAUSE, publish_pipelined};
+use super::handoff::{Handoff, QUEUE_FULL_PAUSE, RecordResult};
+use super::pipeline::publish_pipelined;
 use super::purge::PurgeGate;
 use super::routing::{Routing, check_topic};
 use crate::Error;
@@ -33,9 +34,6 @@ use crate::headers::message_headers;
 /// a polling thread, so the report can come a little late. This timer only
 /// decides when a report never comes at all.
 pub(crate) const REPORT_GRACE: Duration = Duration::from_secs(3);
-
-/// What became of one record: delivered, or why not.
-pub(crate) type RecordResult = Result<(), Error>;
 
 /// The settings one batch needs.
 #[derive(Debug, Clone, Copy)]

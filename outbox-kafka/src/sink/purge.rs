@@ -8,7 +8,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer as _, PurgeConfig};
 
-use super::pipeline::{Cut, Handoff, RunToken};
+use super::handoff::{Cut, Handoff, RunToken};
 
 /// Keeps the sink's purges and its hand-overs apart: a purge waits for the
 /// hand-over in progress, and the rest of a run some of whose records were

@@ -5,7 +5,9 @@ use outbox_engine::{HeldBack, OutboxRecord, Outcome};
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
 
-use super::publish::RecordResult;
+use super::context::{BrokerError, TracingContext};
+use super::handoff::RecordResult;
+use super::publish::Limits;
 use crate::Error;
 
 /// The outcome of a record's result, retriable or not as its error says.
@@ -68,8 +70,8 @@ pub(super) fn unless_fatal<C: ClientContext + 'static>(
 /// retriable: nothing goes dead for a setting an operator fixes. (Brokers
 /// merely down keep librdkafka's own error, which says so.)
 pub(super) fn with_broker_error(
-    watch: Option<&super::TracingContext>,
-    limits: super::publish::Limits,
+    watch: Option<&TracingContext>,
+    limits: Limits,
     record: &OutboxRecord,
     result: RecordResult,
 ) -> RecordResult {
@@ -101,8 +103,8 @@ pub(super) fn with_broker_error(
         _ => return result,
     };
     let Some(broker) = watch
-        .and_then(super::TracingContext::last_broker_error)
-        .filter(super::BrokerError::is_security)
+        .and_then(TracingContext::last_broker_error)
+        .filter(BrokerError::is_security)
     else {
         return result;
     };

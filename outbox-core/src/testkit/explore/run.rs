@@ -10,11 +10,11 @@ use std::time::Duration;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::check::Problem;
 use super::harness::{
     Defect, FixedBackoff, GatedStore, IDLE_ADVANCE, LEASE, OpenWriter, RecordingSink, RunState,
     Shared, StepKind,
 };
+use super::problem::Problem;
 use super::schedule::{Fault, Schedule};
 use crate::testkit::TestStore;
 use crate::{Error, NewRecord, OutboxStore, Relay, RunReport};
