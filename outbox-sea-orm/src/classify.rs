@@ -2,9 +2,7 @@
 //! (SQLSTATE, MySQL error numbers, SQLite result codes), never with
 //! message text.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
-
-use crate::error::Error;
+use sea_orm::DbErr;
 
 /// What a database error means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,75 +196,6 @@ mod codes {
         };
         if follows { number.parse().ok() } else { None }
     }
-}
-
-/// Turns a failed statement into an [`Error`], telling a missing outbox
-/// table apart (on SQLite by looking it up in `sqlite_master`).
-pub(crate) async fn fail<C: ConnectionTrait>(
-    db: &C,
-    operation: &'static str,
-    error: DbErr,
-) -> Error {
-    let missing = match classify(&error) {
-        Class::UndefinedTable => true,
-        Class::SqliteError => matches!(outbox_table_exists(db).await, Ok(false)),
-        Class::Retriable | Class::Permanent => false,
-    };
-    if missing {
-        // On PostgreSQL inside the caller's failed transaction this lookup
-        // fails too; the message then says "the connected database".
-        let database = database_name(db).await.ok().flatten();
-        return Error::MissingTable { database };
-    }
-    Error::Database {
-        operation,
-        source: error.into(),
-    }
-}
-
-async fn outbox_table_exists<C: ConnectionTrait>(db: &C) -> Result<bool, DbErr> {
-    let statement = Statement::from_string(
-        db.get_database_backend(),
-        "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
-    );
-    let row = db.query_one_raw(statement).await?;
-    Ok(row
-        .map(|r| r.try_get::<i64>("", "n"))
-        .transpose()?
-        .unwrap_or(0)
-        > 0)
-}
-
-/// Names the connected database for a person: `PostgreSQL database "app"`.
-pub(crate) async fn database_name<C: ConnectionTrait>(db: &C) -> Result<Option<String>, DbErr> {
-    let backend = db.get_database_backend();
-    let (sql, describe): (&str, fn(String) -> String) = match backend {
-        DbBackend::Postgres => ("SELECT current_database() AS name", |name| {
-            format!("PostgreSQL database \"{name}\"")
-        }),
-        DbBackend::MySql => ("SELECT DATABASE() AS name", |name| {
-            format!("MySQL/MariaDB database `{name}`")
-        }),
-        DbBackend::Sqlite => (
-            "SELECT file AS name FROM pragma_database_list WHERE name = 'main'",
-            |file| {
-                if file.is_empty() {
-                    "the in-memory SQLite database".to_owned()
-                } else {
-                    format!("SQLite database {file}")
-                }
-            },
-        ),
-        _ => return Ok(None),
-    };
-    let row = db
-        .query_one_raw(Statement::from_string(backend, sql))
-        .await?;
-    let name: Option<String> = match row {
-        Some(row) => row.try_get("", "name")?,
-        None => None,
-    };
-    Ok(name.map(describe))
 }
 
 #[cfg(test)]

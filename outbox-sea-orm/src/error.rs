@@ -1,13 +1,14 @@
-//! [`Error`], what it converts into, and [`DbError`]; the classification of
-//! database failures is in `classify.rs`.
+//! [`Error`], what it converts into, and [`DbError`]; [`fail`] turns a
+//! failed statement into one, with the classification of database failures
+//! in `classify.rs`.
 
 use std::error::Error as StdError;
 use std::fmt;
 
 use outbox_engine::StoreError;
-use sea_orm::DbErr;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
-pub(crate) use crate::classify::{Class, classify, database_name, fail, is_conflict};
+pub(crate) use crate::classify::{Class, classify, is_conflict};
 
 /// Everything that can go wrong in `outbox-sea-orm`.
 ///
@@ -226,6 +227,75 @@ impl StdError for DbError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.0.source().and_then(StdError::source)
     }
+}
+
+/// Turns a failed statement into an [`Error`], telling a missing outbox
+/// table apart (on SQLite by looking it up in `sqlite_master`).
+pub(crate) async fn fail<C: ConnectionTrait>(
+    db: &C,
+    operation: &'static str,
+    error: DbErr,
+) -> Error {
+    let missing = match classify(&error) {
+        Class::UndefinedTable => true,
+        Class::SqliteError => matches!(outbox_table_exists(db).await, Ok(false)),
+        Class::Retriable | Class::Permanent => false,
+    };
+    if missing {
+        // On PostgreSQL inside the caller's failed transaction this lookup
+        // fails too; the message then says "the connected database".
+        let database = database_name(db).await.ok().flatten();
+        return Error::MissingTable { database };
+    }
+    Error::Database {
+        operation,
+        source: error.into(),
+    }
+}
+
+async fn outbox_table_exists<C: ConnectionTrait>(db: &C) -> Result<bool, DbErr> {
+    let statement = Statement::from_string(
+        db.get_database_backend(),
+        "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+    );
+    let row = db.query_one_raw(statement).await?;
+    Ok(row
+        .map(|r| r.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0)
+        > 0)
+}
+
+/// Names the connected database for a person: `PostgreSQL database "app"`.
+pub(crate) async fn database_name<C: ConnectionTrait>(db: &C) -> Result<Option<String>, DbErr> {
+    let backend = db.get_database_backend();
+    let (sql, describe): (&str, fn(String) -> String) = match backend {
+        DbBackend::Postgres => ("SELECT current_database() AS name", |name| {
+            format!("PostgreSQL database \"{name}\"")
+        }),
+        DbBackend::MySql => ("SELECT DATABASE() AS name", |name| {
+            format!("MySQL/MariaDB database `{name}`")
+        }),
+        DbBackend::Sqlite => (
+            "SELECT file AS name FROM pragma_database_list WHERE name = 'main'",
+            |file| {
+                if file.is_empty() {
+                    "the in-memory SQLite database".to_owned()
+                } else {
+                    format!("SQLite database {file}")
+                }
+            },
+        ),
+        _ => return Ok(None),
+    };
+    let row = db
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await?;
+    let name: Option<String> = match row {
+        Some(row) => row.try_get("", "name")?,
+        None => None,
+    };
+    Ok(name.map(describe))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use common::{Backend, TestDb, other_names};
 use outbox_engine::testkit::record;
 use outbox_engine::{ClaimRequest, DeadFilter, OutboxAdmin, OutboxEvent, OutboxStore};
 use outbox_sea_orm::{Outbox, SeaOrmStore, Tables, inbox};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, OutboxEvent)]
@@ -212,16 +212,34 @@ async fn a_schema_is_refused_on_sqlite() {
     a_schema_outside_postgres_is_refused(Backend::SqliteFile).await;
 }
 
-/// A store on tables that were never migrated says which migration to run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_on_unmigrated_names_says_so() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
+/// A store on tables that were never migrated (beside an outbox that was)
+/// says which migration to run.
+async fn a_store_on_unmigrated_names_says_so(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    assert_eq!(db.db_backend(), DbBackend::Postgres);
     let store = SeaOrmStore::new(db.db.clone())
         .with_tables(&Tables::prefixed("other_").unwrap())
         .unwrap();
-    let error = store.check().await.unwrap_err().to_string();
-    assert!(error.contains("migration"), "{error}");
+    let error = store.check().await.unwrap_err();
+    assert!(
+        matches!(error, outbox_sea_orm::Error::MissingTable { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("migration"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmigrated_names_are_named_on_postgres() {
+    a_store_on_unmigrated_names_says_so(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmigrated_names_are_named_on_mariadb() {
+    a_store_on_unmigrated_names_says_so(Backend::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmigrated_names_are_named_on_sqlite() {
+    a_store_on_unmigrated_names_says_so(Backend::SqliteFile).await;
 }

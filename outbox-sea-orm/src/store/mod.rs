@@ -157,6 +157,15 @@ impl SeaOrmStore {
     /// and the fix.
     pub async fn check(&self) -> Result<(), Error> {
         if let Err(error) = self.db.query_all_raw(self.sql.check_outbox()).await {
+            // Reading no row of the table fails only when it, or one of
+            // its columns, is missing (whatever its name).
+            if matches!(
+                crate::error::classify(&error),
+                crate::error::Class::UndefinedTable | crate::error::Class::SqliteError
+            ) {
+                let database = crate::error::database_name(&self.db).await.ok().flatten();
+                return Err(Error::MissingTable { database });
+            }
             return Err(fail(&self.db, "read the outbox table", error).await);
         }
         match self.db.query_all_raw(self.sql.check_keys()).await {
