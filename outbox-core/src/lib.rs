@@ -87,10 +87,14 @@ pub use relay::{
 pub use retry::{Backoff, ExponentialBackoff, MaxAttempts, RetryForever, RetryPolicy};
 pub use sink::{HeldBack, Outcome, Sink, SinkFn, error_chain, publish_by_key, sink_fn};
 pub use store::{
-    ClaimRequest, DeadFilter, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef, Retry,
-    Settled, Settlement, TopicStats,
+    ClaimRequest, DeadFilter, DeadLetter, OutboxAdmin, OutboxStats, OutboxStore, RecordRef,
+    ScheduledRetry, Settled, Settlement, TopicStats,
 };
 pub use trace::{TRACEPARENT, set_traceparent_source};
+
+/// The former name of [`ScheduledRetry`], until every store names it so.
+#[doc(hidden)]
+pub use store::ScheduledRetry as Retry;
 
 #[cfg(feature = "derive")]
 pub use outbox_macros::OutboxEvent;

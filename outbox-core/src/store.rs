@@ -33,9 +33,10 @@ pub struct ClaimRequest {
     pub dead_holds_key: bool,
 }
 
-/// A failed record to try again after `delay`.
+/// A failed record scheduled for another attempt after `delay`: an entry
+/// of [`Settlement::retries`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retry {
+pub struct ScheduledRetry {
     /// The record.
     pub id: i64,
     /// The failure, stored as `last_error`.
@@ -65,7 +66,7 @@ pub struct Settlement {
     /// Delivered: mark published.
     pub published: Vec<i64>,
     /// Failed, to try again: count an attempt and wait.
-    pub retries: Vec<Retry>,
+    pub retries: Vec<ScheduledRetry>,
     /// Failed for good: count an attempt and move to dead letters.
     pub dead: Vec<DeadLetter>,
     /// Not attempted (held back behind a failed record of their key, or
@@ -176,7 +177,11 @@ pub trait OutboxStore: Send + Sync {
     /// Counts a failed attempt, stores the error and makes each record
     /// available again after its delay: a [`settle`](Self::settle) of just
     /// that; returns how many changed.
-    async fn schedule_retry(&self, owner: &str, retries: &[Retry]) -> Result<u64, StoreError> {
+    async fn schedule_retry(
+        &self,
+        owner: &str,
+        retries: &[ScheduledRetry],
+    ) -> Result<u64, StoreError> {
         let settlement = Settlement {
             retries: retries.to_vec(),
             ..Settlement::default()

@@ -8,7 +8,7 @@ use super::metrics::PUBLISH_LAG_SECONDS;
 use super::tracker::Ready;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::sink::error_chain;
-use crate::store::{DeadLetter, Retry, Settlement};
+use crate::store::{DeadLetter, ScheduledRetry, Settlement};
 use crate::{OutboxRecord, Outcome};
 
 /// The relay's rules for failed records: whether a retriable failure is
@@ -82,7 +82,7 @@ impl SettlementPolicy {
                     holds_key,
                 });
             } else if self.retry_policy.should_retry(attempts, &*error) {
-                settlement.retries.push(Retry {
+                settlement.retries.push(ScheduledRetry {
                     id: record.id,
                     error: message,
                     delay: self.backoff.delay(attempts),

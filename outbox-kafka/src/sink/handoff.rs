@@ -1,6 +1,6 @@
 //! What passes between a pipelined batch and the producer: a record's
 //! result, what handing a record over did, why the producer's queue is cut
-//! off, and the token a run carries through its hand-overs.
+//! off, and the token a segment carries through its hand-overs.
 
 use std::time::Duration;
 
@@ -14,9 +14,9 @@ pub(crate) type RecordResult = Result<(), Error>;
 /// batch's, frees a slot.
 pub(crate) const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
-/// What the sink keeps about a run between the hand-overs of its records:
-/// how many cut-offs it had seen at the first one (`None` before).
-pub(crate) type RunToken = Option<u64>;
+/// What the sink keeps about a segment between the hand-overs of its
+/// records: how many cut-offs it had seen at the first one (`None` before).
+pub(crate) type SegmentToken = Option<u64>;
 
 /// Why the producer's queue should be cut off (purged).
 #[derive(Debug, Clone, Copy)]

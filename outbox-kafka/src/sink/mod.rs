@@ -8,8 +8,8 @@ mod plan;
 mod publish;
 mod purge;
 mod reporter;
+mod resolve;
 mod routing;
-mod settle;
 
 /// A record for unit tests: `{}` of type `E` on `topic`.
 #[cfg(test)]
@@ -49,8 +49,8 @@ pub use context::{BrokerError, TracingContext};
 use self::handoff::RecordResult;
 use self::publish::{Limits, publish_batch};
 use self::purge::PurgeGate;
+use self::resolve::{held_back_as_ours, outcome, unless_fatal, with_broker_error};
 use self::routing::Routing;
-use self::settle::{held_back_as_ours, outcome, unless_fatal, with_broker_error};
 use crate::Error;
 use crate::config::{apply_defaults, check_bootstrap, keeps_partitions_gapless, message_timeout};
 use crate::metrics::ORDER_GAPS_TOTAL;
@@ -216,8 +216,8 @@ use crate::metrics::ORDER_GAPS_TOTAL;
 /// batch's records that fail from then on retriable
 /// ([`Error::ProducerFatal`]), except a record whose own failure is
 /// permanent (the one the broker refused, which caused the error), and,
-/// once the batch is settled, replaces the producer with a new one built
-/// from the same configuration.
+/// once the batch's outcomes are all reported, replaces the producer with
+/// a new one built from the same configuration.
 ///
 /// Clones share the producer.
 pub struct KafkaSink<C: ClientContext + 'static = TracingContext> {
@@ -542,7 +542,7 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
             producer = inner.current();
         }
 
-        let settle = |record: &OutboxRecord, result: RecordResult| {
+        let resolve = |record: &OutboxRecord, result: RecordResult| {
             let result = unless_fatal(&producer, record, result);
             outcome(with_broker_error(
                 inner.watch.as_ref(),
@@ -558,7 +558,7 @@ impl<C: ClientContext + 'static> Sink for KafkaSink<C> {
             &inner.routing,
             inner.limits,
             inner.pipelined.then_some(&inner.purges),
-            settle,
+            resolve,
             report,
         )
         .await;

@@ -8,11 +8,12 @@
 //! the records of a key, all in one partition, then need not wait for each
 //! other's acknowledgements. The rules kept here:
 //!
-//! - A key's records go to the producer in batch order, a *run* at a time:
-//!   the consecutive records of the key that share a topic. A run starts
-//!   once the previous run of its key is delivered, since records in
-//!   different topics are in different partitions, which librdkafka does not
-//!   order among themselves. A key normally has one topic, so one run.
+//! - A key's records go to the producer in batch order, a *segment* at a
+//!   time: the consecutive records of the key that share a topic. A segment
+//!   starts once the previous segment of its key is delivered, since
+//!   records in different topics are in different partitions, which
+//!   librdkafka does not order among themselves. A key normally has one
+//!   topic, so one segment.
 //! - A record refused before it reaches the producer (its topic name, its
 //!   size, a queue that stays full) stops its key: the records after it
 //!   are not handed over and are reported [`HeldBack`].
@@ -28,9 +29,10 @@
 //!   fails while later records of its key are in the producer. A later
 //!   record delivered all the same is an order gap: it is logged as an
 //!   error and counted.
-//! - Each run carries a [`RunToken`] through its hand-overs, with which the
-//!   sink refuses the rest of a run that a cut-off split: the records of
-//!   the run handed over before the cut-off may have been purged.
+//! - Each segment carries a [`SegmentToken`] through its hand-overs, with
+//!   which the sink refuses the rest of a segment that a cut-off split: the
+//!   records of the segment handed over before the cut-off may have been
+//!   purged.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -40,7 +42,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use outbox_engine::{OutboxRecord, Outcome};
 use tokio::time::Instant;
 
-use super::handoff::{Cut, Handoff, QUEUE_FULL_PAUSE, RecordResult, RunToken};
+use super::handoff::{Cut, Handoff, QUEUE_FULL_PAUSE, RecordResult, SegmentToken};
 use super::plan::Plan;
 use super::reporter::Reporter;
 
@@ -50,14 +52,15 @@ use super::reporter::Reporter;
 /// failed).
 ///
 /// - `topics[index]` is where record `index` goes; a key's consecutive
-///   records with equal topics form a run.
+///   records with equal topics form a segment.
 /// - `hand_off(index, token)` gives record `index` to the producer without
-///   waiting for it to be sent; `token` is its run's, for `hand_off` to
-///   keep what it needs between the run's records (`None` at the start of
-///   each run). A record finding the queue full is tried again every
-///   [`QUEUE_FULL_PAUSE`] until it has waited `room_wait` since its run
-///   started, then fails with the result [`Handoff::Full`] carries.
-/// - `settle` turns a record's result into its outcome.
+///   waiting for it to be sent; `token` is its segment's, for `hand_off`
+///   to keep what it needs between the segment's records (`None` at the
+///   start of each segment). A record finding the queue full is tried
+///   again every [`QUEUE_FULL_PAUSE`] until it has waited `room_wait` since
+///   its segment started, then fails with the result [`Handoff::Full`]
+///   carries.
+/// - `resolve` turns a record's result into its outcome.
 /// - `cut_off(why)` is called when the producer's queue should be purged
 ///   (see [`Cut`]); [`Cut::Expiring`] once a record has been in the
 ///   producer for `expire_after`, at most once per such moment.
@@ -68,12 +71,12 @@ pub(crate) async fn publish_pipelined<H, F, S, R, C>(
     room_wait: Duration,
     expire_after: Duration,
     mut hand_off: H,
-    settle: S,
+    resolve: S,
     report: R,
     mut cut_off: C,
 ) -> u64
 where
-    H: FnMut(usize, &mut RunToken) -> Handoff<F>,
+    H: FnMut(usize, &mut SegmentToken) -> Handoff<F>,
     F: Future<Output = RecordResult>,
     S: Fn(&OutboxRecord, RecordResult) -> Outcome,
     R: Fn(usize, Outcome),
@@ -83,7 +86,7 @@ where
     let mut plan = Plan::new(records, topics);
     let mut reporter = Reporter {
         records,
-        settle,
+        resolve,
         report,
         gaps: 0,
     };
@@ -217,7 +220,7 @@ mod tests {
         }
     }
 
-    fn settle(_: &OutboxRecord, result: RecordResult) -> Outcome {
+    fn resolve(_: &OutboxRecord, result: RecordResult) -> Outcome {
         match result {
             Ok(()) => Outcome::Delivered,
             Err(error) => Outcome::Retriable(Box::new(error)),
@@ -233,10 +236,10 @@ mod tests {
         FullFor { ms: u64, after: u64 },
     }
 
-    /// Runs a batch whose records meet `fates`, on topics `topics`; returns
+    /// Publishes a batch whose records meet `fates`, on topics `topics`; returns
     /// the hand-offs in order, the reports in order (index and text), the
     /// cut-offs and the gaps.
-    async fn run(
+    async fn publish(
         keys: &[Option<&str>],
         topics: &[&str],
         fates: &[Fate],
@@ -267,7 +270,7 @@ mod tests {
                 handed.lock().unwrap().push(index);
                 Handoff::Sent(answer(after, fails))
             },
-            settle,
+            resolve,
             |index, outcome: Outcome| reported.lock().unwrap().push((index, outcome.to_string())),
             |_| *cut.lock().unwrap() += 1,
         )
@@ -300,7 +303,7 @@ mod tests {
         let keys = [Some("a"), Some("b"), Some("a"), None, Some("a")];
         // a's second answers first; b and the keyless one in between.
         let fates = [ok(30), ok(10), ok(5), ok(20), ok(40)];
-        let (handed, reported, cut, gaps) = run(&keys, &["t"; 5], &fates).await;
+        let (handed, reported, cut, gaps) = publish(&keys, &["t"; 5], &fates).await;
         assert_eq!(handed, vec![0, 1, 2, 3, 4]);
         // a's second waits for a's first.
         assert_eq!(indexes(&reported), vec![1, 3, 0, 2, 4]);
@@ -315,7 +318,7 @@ mod tests {
     async fn a_refused_record_holds_back_the_rest_of_its_key_only() {
         let keys = [Some("a"), Some("a"), Some("b"), Some("a"), Some("b")];
         let fates = [ok(10), Fate::Refuse, ok(10), ok(10), ok(10)];
-        let (handed, reported, cut, gaps) = run(&keys, &["t"; 5], &fates).await;
+        let (handed, reported, cut, gaps) = publish(&keys, &["t"; 5], &fates).await;
         // a's third never reaches the producer.
         assert_eq!(handed, vec![0, 2, 4]);
         assert_eq!(indexes(&reported)[..2], [1, 3]);
@@ -339,7 +342,7 @@ mod tests {
         let keys = [Some("a"), Some("a"), Some("a")];
         // The first fails; the second fails after it; the third is written.
         let fates = [fail(10), fail(20), ok(30)];
-        let (handed, reported, cut, gaps) = run(&keys, &["t"; 3], &fates).await;
+        let (handed, reported, cut, gaps) = publish(&keys, &["t"; 3], &fates).await;
         assert_eq!(handed, vec![0, 1, 2]);
         assert_eq!(indexes(&reported), vec![0, 1, 2]);
         assert!(reported[1].1.contains("MessageTimedOut"), "{reported:?}");
@@ -352,7 +355,7 @@ mod tests {
     async fn a_delivery_reported_before_an_earlier_failure_is_a_gap() {
         let keys = [Some("a"), Some("a")];
         let fates = [fail(20), ok(10)];
-        let (_, reported, cut, gaps) = run(&keys, &["t"; 2], &fates).await;
+        let (_, reported, cut, gaps) = publish(&keys, &["t"; 2], &fates).await;
         // The delivery waits for the earlier record's outcome; when that
         // fails, nothing of the key is left in the producer to cut off.
         assert_eq!(indexes(&reported), vec![0, 1]);
@@ -364,16 +367,16 @@ mod tests {
         let keys = [Some("a"), Some("a"), Some("a"), Some("a"), Some("b")];
         let topics = ["t", "t", "u", "t", "u"];
         let (handed, reported, _, gaps) =
-            run(&keys, &topics, &[ok(10), ok(10), ok(10), ok(10), ok(50)]).await;
+            publish(&keys, &topics, &[ok(10), ok(10), ok(10), ok(10), ok(50)]).await;
         // a's third (topic u) goes once the first two are delivered, its
         // fourth once the third is.
         assert_eq!(handed, vec![0, 1, 4, 2, 3]);
         assert_eq!(indexes(&reported), vec![0, 1, 2, 3, 4]);
         assert_eq!(gaps, 0);
 
-        // A failed run holds back the later runs.
+        // A failed segment holds back the later segments.
         let (handed, reported, _, _) =
-            run(&keys, &topics, &[ok(10), fail(10), ok(10), ok(10), ok(10)]).await;
+            publish(&keys, &topics, &[ok(10), fail(10), ok(10), ok(10), ok(10)]).await;
         assert_eq!(handed, vec![0, 1, 4]);
         let held: Vec<&(usize, String)> = reported
             .iter()
@@ -387,7 +390,8 @@ mod tests {
         let keys = [Some("a"), Some("a"), Some("b")];
         // Room after 50 ms: everything goes, in order.
         let full = |ms| Fate::FullFor { ms, after: 10 };
-        let (handed, reported, _, _) = run(&keys, &["t"; 3], &[full(50), full(50), full(50)]).await;
+        let (handed, reported, _, _) =
+            publish(&keys, &["t"; 3], &[full(50), full(50), full(50)]).await;
         assert_eq!(handed, vec![0, 1, 2]);
         assert!(
             reported.iter().all(|(_, r)| r == "delivered"),
@@ -397,7 +401,7 @@ mod tests {
         // No room within the 100 ms wait: every record fails, a's second
         // held back behind a's first.
         let (handed, reported, _, _) =
-            run(&keys, &["t"; 3], &[full(500), full(500), full(500)]).await;
+            publish(&keys, &["t"; 3], &[full(500), full(500), full(500)]).await;
         assert!(handed.is_empty());
         assert_eq!(indexes(&reported), vec![0, 1, 2]);
         assert!(reported[0].1.contains("QueueFull"), "{reported:?}");
@@ -406,7 +410,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_run_split_by_a_cut_off_is_not_handed_over_further() {
+    async fn a_segment_split_by_a_cut_off_is_not_handed_over_further() {
         // a's second record finds the queue full until 50 ms; b's first
         // fails at 10 ms with b's second in the producer: a cut-off, which
         // may have purged a's first, so a's second must not follow it.
@@ -421,7 +425,7 @@ mod tests {
             &topics,
             Duration::from_secs(1),
             Duration::from_secs(60),
-            |index, token: &mut RunToken| {
+            |index, token: &mut SegmentToken| {
                 let cuts = *cuts.lock().unwrap();
                 tokens.lock().unwrap().push((index, *token));
                 if token.is_some_and(|seen| seen != cuts) {
@@ -433,7 +437,7 @@ mod tests {
                 *token = Some(cuts);
                 Handoff::Sent(answer(10, index == 1))
             },
-            settle,
+            resolve,
             |index, outcome: Outcome| reported.lock().unwrap().push((index, outcome.to_string())),
             |_| *cuts.lock().unwrap() += 1,
         )
@@ -466,7 +470,7 @@ mod tests {
                     Ok(())
                 })
             },
-            settle,
+            resolve,
             |_, _| {},
             |why| {
                 let at = start.elapsed().as_millis();
@@ -495,7 +499,7 @@ mod tests {
             Duration::ZERO,
             Duration::ZERO,
             |_, _| -> Handoff<std::future::Ready<RecordResult>> { panic!("nothing to hand over") },
-            settle,
+            resolve,
             |_, _| panic!("nothing to report"),
             |_| panic!("nothing to cut off"),
         )

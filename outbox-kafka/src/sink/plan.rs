@@ -1,5 +1,5 @@
 //! The bookkeeping of a pipelined batch: where each record stands, which
-//! records are ready to hand over, and when a key's next run starts.
+//! records are ready to hand over, and when a key's next segment starts.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -9,13 +9,13 @@ use outbox_engine::sink::KeyGroups;
 use outbox_engine::{OutboxRecord, Outcome};
 use tokio::time::Instant;
 
-use super::handoff::{RecordResult, RunToken};
+use super::handoff::{RecordResult, SegmentToken};
 use super::reporter::Reporter;
 
 /// Where a record stands.
 #[derive(Debug)]
 enum Slot {
-    /// Its run has not started.
+    /// Its segment has not started.
     Idle,
     /// Waiting to be handed over.
     Ready,
@@ -30,14 +30,14 @@ enum Slot {
 /// Where a key's records (a group of the batch's [`KeyGroups`]) stand.
 #[derive(Debug, Default)]
 struct Chain {
-    /// How many of them have started (their runs).
+    /// How many of them have started (their segments).
     started: usize,
     /// How many of them, from the first, are reported.
     reported: usize,
     /// The position of its first failed record, once one failed.
     failed: Option<usize>,
-    /// The token of its current run.
-    token: RunToken,
+    /// The token of its current segment.
+    token: SegmentToken,
 }
 
 /// The bookkeeping of a pipelined batch.
@@ -48,7 +48,7 @@ pub(super) struct Plan<'t> {
     /// Each group's progress.
     chains: Vec<Chain>,
     slots: Vec<Slot>,
-    /// Records to hand over, in order, with when their run started.
+    /// Records to hand over, in order, with when their segment started.
     ready: VecDeque<(usize, Instant)>,
     /// Records handed over, with when, in that order; trimmed from the
     /// front as they get outcomes or expire.
@@ -56,7 +56,7 @@ pub(super) struct Plan<'t> {
 }
 
 impl<'t> Plan<'t> {
-    /// Groups the records by key and starts every key's first run.
+    /// Groups the records by key and starts every key's first segment.
     pub(super) fn new(records: &[OutboxRecord], topics: &'t [Cow<'t, str>]) -> Self {
         let groups = KeyGroups::new(records);
         let mut plan = Self {
@@ -69,10 +69,10 @@ impl<'t> Plan<'t> {
         };
         let now = Instant::now();
         for chain in 0..plan.chains.len() {
-            let end = plan.run_end(chain);
+            let end = plan.segment_end(chain);
             plan.chains[chain].started = end;
         }
-        // Every first run at once, in batch order.
+        // Every first segment at once, in batch order.
         for index in 0..records.len() {
             let (chain, position) = plan.groups.place(index);
             if position < plan.chains[chain].started {
@@ -83,8 +83,8 @@ impl<'t> Plan<'t> {
         plan
     }
 
-    /// Where the run starting at `chain`'s first unstarted record ends.
-    fn run_end(&self, chain: usize) -> usize {
+    /// Where the segment starting at `chain`'s first unstarted record ends.
+    fn segment_end(&self, chain: usize) -> usize {
         let indexes = self.groups.group(chain);
         let started = self.chains[chain].started;
         let topic = &self.topics[indexes[started]];
@@ -107,8 +107,8 @@ impl<'t> Plan<'t> {
         None
     }
 
-    /// The token of `index`'s run.
-    pub(super) fn token(&mut self, index: usize) -> &mut RunToken {
+    /// The token of `index`'s segment.
+    pub(super) fn token(&mut self, index: usize) -> &mut SegmentToken {
         &mut self.chains[self.groups.place(index).0].token
     }
 
@@ -170,7 +170,7 @@ impl<'t> Plan<'t> {
     }
 
     /// Record `index` has its result: reports what can be reported and
-    /// starts its key's next run when the current one is delivered.
+    /// starts its key's next segment when the current one is delivered.
     pub(super) fn finish<S, R>(
         &mut self,
         index: usize,
@@ -215,13 +215,13 @@ impl<'t> Plan<'t> {
             }
             chain.reported += 1;
         }
-        // A delivered run starts the next one.
+        // A delivered segment starts the next one.
         let chain = &self.chains[c];
         if chain.failed.is_none()
             && chain.reported == chain.started
             && chain.started < indexes.len()
         {
-            let end = self.run_end(c);
+            let end = self.segment_end(c);
             let chain = &mut self.chains[c];
             let now = Instant::now();
             for &next in &indexes[chain.started..end] {

@@ -67,7 +67,7 @@ pub(crate) struct Limits {
 ///
 /// There is no deadline for the batch as a whole: each record's wait is
 /// bounded on its own (see [`await_report`]), so a slow record delays only
-/// its own key. `settle` turns a record's result into its outcome (the
+/// its own key. `resolve` turns a record's result into its outcome (the
 /// sink's fatal-error check).
 pub(crate) async fn publish_batch<C, S, R>(
     producer: &FutureProducer<C>,
@@ -75,7 +75,7 @@ pub(crate) async fn publish_batch<C, S, R>(
     routing: &Routing,
     limits: Limits,
     pipelined: Option<&PurgeGate>,
-    settle: S,
+    resolve: S,
     report: R,
 ) -> u64
 where
@@ -85,8 +85,8 @@ where
 {
     let Some(gate) = pipelined else {
         publish_by_key(records, report, |record| {
-            let settle = &settle;
-            async move { settle(record, send(producer, record, routing, limits).await) }
+            let resolve = &resolve;
+            async move { resolve(record, send(producer, record, routing, limits).await) }
         })
         .await;
         return 0;
@@ -98,13 +98,15 @@ where
         &topics,
         limits.timeout,
         expire_after(limits.timeout),
-        |index, run| {
+        |index, segment| {
             let record = &records[index];
             let topic = &topics[index];
-            gate.hand_over(run, || hand_off(producer, record, topic, ce_source, limits))
-                .unwrap_or_else(|| Handoff::Refused(Err(cut_off_error(record, topic, limits))))
+            gate.hand_over(segment, || {
+                hand_off(producer, record, topic, ce_source, limits)
+            })
+            .unwrap_or_else(|| Handoff::Refused(Err(cut_off_error(record, topic, limits))))
         },
-        settle,
+        resolve,
         report,
         |why| gate.cut_off(producer, why),
     )
@@ -125,7 +127,7 @@ fn expire_after(timeout: Duration) -> Duration {
 }
 
 /// The failure of a record not handed over because a purge came after
-/// earlier records of its run were.
+/// earlier records of its segment were.
 fn cut_off_error(record: &OutboxRecord, topic: &str, limits: Limits) -> Error {
     let purged = KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue);
     delivery_error(record, topic, purged, limits)

@@ -8,12 +8,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer as _, PurgeConfig};
 
-use super::handoff::{Cut, Handoff, RunToken};
+use super::handoff::{Cut, Handoff, SegmentToken};
 
 /// Keeps the sink's purges and its hand-overs apart: a purge waits for the
-/// hand-over in progress, and the rest of a run some of whose records were
-/// handed over before a purge is not handed over after it (the purge may
-/// have failed those records, and the rest would be written without them).
+/// hand-over in progress, and the rest of a segment some of whose records
+/// were handed over before a purge is not handed over after it (the purge
+/// may have failed those records, and the rest would be written without
+/// them).
 /// One per sink, since the sink's batches share the producer.
 #[derive(Debug, Default)]
 pub(crate) struct PurgeGate {
@@ -26,20 +27,20 @@ pub(crate) struct PurgeGate {
 }
 
 impl PurgeGate {
-    /// Runs `hand_off`, unless the run `run` belongs to began before a
-    /// purge: `None` then.
+    /// Calls `hand_off`, unless the segment `segment` belongs to began
+    /// before a purge: `None` then.
     pub(super) fn hand_over<F>(
         &self,
-        run: &mut RunToken,
+        segment: &mut SegmentToken,
         hand_off: impl FnOnce() -> Handoff<F>,
     ) -> Option<Handoff<F>> {
         let purges = self.purges.read().unwrap_or_else(PoisonError::into_inner);
-        if run.is_some_and(|seen| seen != *purges) {
+        if segment.is_some_and(|seen| seen != *purges) {
             return None;
         }
         let handoff = hand_off();
         if matches!(handoff, Handoff::Sent(_)) {
-            *run = Some(*purges);
+            *segment = Some(*purges);
             self.handed.store(true, Ordering::Relaxed);
         }
         Some(handoff)

@@ -8,7 +8,7 @@ use super::handoff::RecordResult;
 /// Turns results into reports.
 pub(super) struct Reporter<'r, S, R> {
     pub(super) records: &'r [OutboxRecord],
-    pub(super) settle: S,
+    pub(super) resolve: S,
     pub(super) report: R,
     pub(super) gaps: u64,
 }
@@ -19,7 +19,7 @@ where
     R: Fn(usize, Outcome),
 {
     pub(super) fn outcome(&self, index: usize, result: RecordResult) {
-        (self.report)(index, (self.settle)(&self.records[index], result));
+        (self.report)(index, (self.resolve)(&self.records[index], result));
     }
 
     pub(super) fn held_back(&self, index: usize, behind: usize) {

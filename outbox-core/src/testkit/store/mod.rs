@@ -42,7 +42,7 @@ pub use self::writers::{
 
 use crate::{
     ClaimRequest, DeadLetter, InMemoryStore, NewRecord, OutboxAdmin, OutboxRecord, OutboxStore,
-    Retry, StoreError,
+    ScheduledRetry, StoreError,
 };
 
 /// What a store must be to run the suite: a store whose clock a test can
@@ -165,8 +165,8 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn retry(id: i64, error: &str, delay: Duration) -> Retry {
-    Retry {
+fn retry(id: i64, error: &str, delay: Duration) -> ScheduledRetry {
+    ScheduledRetry {
         id,
         error: error.to_owned(),
         delay,
