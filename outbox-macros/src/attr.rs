@@ -10,10 +10,51 @@ use proc_macro2::Group;
 use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
-use syn::{Attribute, Error, Expr, ExprLit, ExprPath, Ident, Lit, Result, Token};
+use syn::{
+    Attribute, Error, Expr, ExprLit, ExprPath, Ident, Lit, LitInt, LitStr, Path, Result, Token,
+};
 
-use crate::ast::{Attrs, Setting, Topic, Version};
-use crate::valid::Errors;
+use crate::errors::Errors;
+
+/// The keys of all `#[outbox(...)]` attributes on the item.
+#[derive(Default)]
+pub(crate) struct Attrs {
+    pub(crate) topic: Option<Setting<Topic>>,
+    pub(crate) key: Option<Setting<Ident>>,
+    pub(crate) event_type: Option<Setting<LitStr>>,
+    pub(crate) version: Option<Setting<Version>>,
+    /// Whether an attribute could not be read to its end, so that keys
+    /// after the unreadable tokens are unknown.
+    pub(crate) incomplete: bool,
+}
+
+/// One key given in an attribute. `value` is `None` when the value could not
+/// be read (the error is already recorded), so that a key given with a bad
+/// value is not also reported as missing.
+pub(crate) struct Setting<T> {
+    pub(crate) value: Option<T>,
+}
+
+/// The value of `topic = ...`.
+pub(crate) enum Topic {
+    /// `topic = "orders"`.
+    Literal(LitStr),
+    /// `topic = path::to::function`, called with `&Self`.
+    Computed(Path),
+}
+
+/// The value of `version = N`, read as a `u32`.
+pub(crate) struct Version {
+    pub(crate) value: u32,
+    pub(crate) literal: LitInt,
+}
+
+impl<T> Setting<T> {
+    /// The value, if it could be read.
+    pub(crate) fn value(setting: Option<&Self>) -> Option<&T> {
+        setting.and_then(|setting| setting.value.as_ref())
+    }
+}
 
 /// The keys `#[outbox(...)]` accepts, as listed in error messages.
 const KEYS: &str = "`topic`, `key`, `event_type`, `version`";

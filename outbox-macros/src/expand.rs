@@ -5,8 +5,10 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, LitStr};
 
-use crate::ast::{Input, Setting, Shape, Topic};
-use crate::valid::{Errors, Event};
+use crate::ast::{Input, Shape};
+use crate::attr::{Setting, Topic};
+use crate::errors::Errors;
+use crate::valid::Event;
 
 /// Expands `#[derive(OutboxEvent)]` on `node`: the impls, or every error
 /// found plus a fallback impl.

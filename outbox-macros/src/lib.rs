@@ -8,6 +8,7 @@
 
 mod ast;
 mod attr;
+mod errors;
 mod expand;
 mod valid;
 

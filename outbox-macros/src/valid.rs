@@ -3,30 +3,9 @@
 use syn::ext::IdentExt;
 use syn::{Error, Fields, Ident, LitStr, Result};
 
-use crate::ast::{Input, Setting, Shape, Topic};
-
-/// Collects errors so that all mistakes are reported together, each at its
-/// own tokens.
-#[derive(Default)]
-pub(crate) struct Errors(Option<Error>);
-
-impl Errors {
-    /// Records an error.
-    pub(crate) fn push(&mut self, error: Error) {
-        match &mut self.0 {
-            Some(errors) => errors.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-
-    /// `Err` with every recorded error, or `Ok` if there were none.
-    pub(crate) fn finish(self) -> Result<()> {
-        match self.0 {
-            Some(errors) => Err(errors),
-            None => Ok(()),
-        }
-    }
-}
+use crate::ast::{Input, Shape};
+use crate::attr::{Setting, Topic};
+use crate::errors::Errors;
 
 /// A checked `#[derive(OutboxEvent)]` input: everything needed to generate
 /// the impls, with the defaults filled in.
