@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    OrderPlaced, TestKafka, assert_first_copies_in_order, error_of, interleaved_orders,
-    publish_all, publish_until_delivered, record,
+    OrderPlaced, TestKafka, assert_first_copies_in_order, error_of, interleaved_new_orders,
+    interleaved_orders, publish_all, publish_until_delivered, record, stored,
 };
 use outbox_engine::{OutboxRecord, Outcome, Sink};
 use outbox_rdkafka::rdkafka::producer::FutureProducer;
@@ -612,7 +612,8 @@ async fn a_stalled_settlement_leaves_the_sink_its_purges() {
         mock.partition_leader(&topic, partition, Some(partition + 1))
             .unwrap();
     }
-    let records = interleaved_orders(&topic, 6, 100);
+    let orders = interleaved_new_orders(&topic, 6, 100);
+    let records = stored(&orders);
     let mut config = kafka.config();
     config
         .set("message.timeout.ms", "1000")
@@ -621,21 +622,8 @@ async fn a_stalled_settlement_leaves_the_sink_its_purges() {
     assert!(sink.is_pipelined());
     publish_until_delivered(&sink, records[..1].to_vec(), Duration::from_secs(30)).await;
     let memory = outbox_engine::InMemoryStore::new();
-    let new: Vec<outbox_engine::NewRecord> = records[1..]
-        .iter()
-        .map(|r| outbox_engine::NewRecord {
-            event_id: r.event_id,
-            topic: r.topic.clone(),
-            key: r.key.clone(),
-            event_type: r.event_type.clone(),
-            schema_version: r.schema_version,
-            payload: r.payload.clone(),
-            headers: r.headers.clone(),
-            created_at: r.created_at,
-            available_at: r.available_at,
-        })
-        .collect();
-    outbox_engine::OutboxStore::enqueue(&memory, &new)
+    let new = &orders[1..];
+    outbox_engine::OutboxStore::enqueue(&memory, new)
         .await
         .unwrap();
     let store = StallingStore {

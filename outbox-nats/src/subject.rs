@@ -112,28 +112,12 @@ pub(crate) fn check_subject(subject: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use outbox_engine::NewRecord;
-    use uuid::Uuid;
+    use outbox_engine::testkit::record_on;
 
     use super::*;
 
     fn record(topic: &str, key: Option<&str>) -> OutboxRecord {
-        let now = Utc::now();
-        OutboxRecord::from_new(
-            1,
-            NewRecord {
-                event_id: Uuid::now_v7(),
-                topic: topic.into(),
-                key: key.map(Into::into),
-                event_type: "E".into(),
-                schema_version: 1,
-                payload: "{}".into(),
-                headers: Default::default(),
-                created_at: now,
-                available_at: now,
-            },
-        )
+        OutboxRecord::from_new(1, record_on(topic, key, 1))
     }
 
     #[test]

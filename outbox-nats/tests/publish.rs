@@ -5,31 +5,18 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use chrono::Utc;
 use common::{TestNats, header};
-use outbox_engine::{NewRecord, OutboxRecord, Outcome, Sink};
+use outbox_engine::testkit::record_on;
+use outbox_engine::{OutboxRecord, Outcome, Sink};
 use outbox_nats::{
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, Error, KEY_HEADER, NatsSink, SCHEMA_VERSION_HEADER,
     TRACEPARENT_HEADER,
 };
 use uuid::Uuid;
 
-fn record(id: i64, topic: &str, key: Option<&str>, payload: &str) -> OutboxRecord {
-    let now = Utc::now();
-    OutboxRecord::from_new(
-        id,
-        NewRecord {
-            event_id: Uuid::now_v7(),
-            topic: topic.into(),
-            key: key.map(Into::into),
-            event_type: "test.OrderPlaced".into(),
-            schema_version: 2,
-            payload: payload.into(),
-            headers: Default::default(),
-            created_at: now,
-            available_at: now,
-        },
-    )
+/// Record `id` of `topic` and `key`, its payload carrying `n`.
+fn record(id: i64, topic: &str, key: Option<&str>, n: u32) -> OutboxRecord {
+    OutboxRecord::from_new(id, record_on(topic, key, n))
 }
 
 /// This crate's error inside an outcome.
@@ -48,13 +35,15 @@ async fn a_message_has_its_subject_headers_and_message_id() {
         return;
     };
     let (topic, stream) = nats.topic().await;
-    let mut keyed = record(1, &topic, Some("user@example.com"), r#"{"n":1}"#);
+    let mut keyed = record(1, &topic, Some("user@example.com"), 1);
+    keyed.event_type = "test.OrderPlaced".into();
+    keyed.schema_version = 2;
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     keyed
         .headers
         .insert(TRACEPARENT_HEADER.into(), traceparent.into());
     keyed.headers.insert("x-tenant".into(), "acme".into());
-    let keyless = record(2, &topic, None, r#"{"n":2}"#);
+    let keyless = record(2, &topic, None, 2);
     let outcomes = nats.sink().publish(&[keyed.clone(), keyless.clone()]).await;
     assert!(outcomes.iter().all(Outcome::is_delivered), "{outcomes:?}");
 
@@ -95,10 +84,7 @@ async fn a_redelivered_event_is_dropped_by_the_duplicate_window() {
     };
     let (topic, stream) = nats.topic().await;
     let sink = nats.sink();
-    let records = [
-        record(1, &topic, Some("k"), "{}"),
-        record(2, &topic, None, "{}"),
-    ];
+    let records = [record(1, &topic, Some("k"), 1), record(2, &topic, None, 2)];
     for _ in 0..2 {
         let outcomes = sink.publish(&records).await;
         assert!(outcomes.iter().all(Outcome::is_delivered), "{outcomes:?}");
@@ -114,8 +100,8 @@ async fn a_subject_no_stream_takes_is_retriable_unless_configured_permanent() {
     };
     let topic = format!("outbox-test-nowhere-{}", Uuid::now_v7().simple());
     let records = [
-        record(1, &topic, Some("k"), "{}"),
-        record(2, &topic, Some("k"), "{}"),
+        record(1, &topic, Some("k"), 1),
+        record(2, &topic, Some("k"), 2),
     ];
 
     let outcomes = nats.sink().publish(&records).await;
@@ -150,11 +136,9 @@ async fn an_oversized_record_is_permanent_and_the_others_go_through() {
         return;
     };
     let (topic, stream) = nats.topic().await;
-    let too_large = "x".repeat(nats.client.server_info().max_payload + 1);
-    let records = [
-        record(1, &topic, Some("a"), &too_large),
-        record(2, &topic, Some("b"), "{}"),
-    ];
+    let mut too_large = record(1, &topic, Some("a"), 1);
+    too_large.payload = "x".repeat(nats.client.server_info().max_payload + 1);
+    let records = [too_large, record(2, &topic, Some("b"), 2)];
     let outcomes = nats.sink().publish(&records).await;
     assert!(
         matches!(outcomes[0], Outcome::Permanent(_)),
@@ -193,9 +177,9 @@ async fn an_unreachable_server_makes_records_retriable_and_a_bad_subject_permane
         .build()
         .unwrap();
     let records = [
-        record(1, "orders", Some("k"), "{}"),
-        record(2, "orders", Some("k"), "{}"),
-        record(3, "bad topic", None, "{}"),
+        record(1, "orders", Some("k"), 1),
+        record(2, "orders", Some("k"), 2),
+        record(3, "bad topic", None, 3),
     ];
     let outcomes = sink.publish(&records).await;
     assert!(

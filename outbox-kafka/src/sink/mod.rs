@@ -11,26 +11,6 @@ mod reporter;
 mod resolve;
 mod routing;
 
-/// A record for unit tests: `{}` of type `E` on `topic`.
-#[cfg(test)]
-fn test_record(id: i64, topic: &str, key: Option<&str>) -> outbox_engine::OutboxRecord {
-    let now = chrono::Utc::now();
-    outbox_engine::OutboxRecord::from_new(
-        id,
-        outbox_engine::NewRecord {
-            event_id: uuid::Uuid::now_v7(),
-            topic: topic.into(),
-            key: key.map(Into::into),
-            event_type: "E".into(),
-            schema_version: 1,
-            payload: "{}".into(),
-            headers: Default::default(),
-            created_at: now,
-            available_at: now,
-        },
-    )
-}
-
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};

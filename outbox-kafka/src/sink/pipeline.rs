@@ -188,6 +188,7 @@ async fn tagged<F: Future<Output = RecordResult>>(
 mod tests {
     use std::sync::Mutex;
 
+    use outbox_engine::testkit::record_on;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use uuid::Uuid;
 
@@ -197,7 +198,7 @@ mod tests {
     fn records(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
         keys.iter()
             .enumerate()
-            .map(|(i, key)| super::super::test_record(i as i64 + 1, "t", *key))
+            .map(|(i, key)| OutboxRecord::from_new(i as i64 + 1, record_on("t", *key, i as u32)))
             .collect()
     }
 

@@ -71,10 +71,15 @@ pub(crate) fn check_topic(name: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use outbox_engine::testkit::record_on;
+
     use super::*;
 
+    /// A record of `topic`, of event type `E`.
     fn record(topic: &str) -> OutboxRecord {
-        super::super::test_record(1, topic, None)
+        let mut new = record_on(topic, None, 1);
+        new.event_type = "E".into();
+        OutboxRecord::from_new(1, new)
     }
 
     #[test]

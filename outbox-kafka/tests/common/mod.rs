@@ -245,14 +245,24 @@ fn read_all(
 
 /// A stored record of `event`, published to `topic`.
 pub(crate) fn record(id: i64, topic: &str, event: &dyn OutboxEvent) -> OutboxRecord {
+    OutboxRecord::from_new(id, new_record(topic, event))
+}
+
+/// A record of `event` to enqueue, published to `topic`.
+pub(crate) fn new_record(topic: &str, event: &dyn OutboxEvent) -> NewRecord {
     let mut new = NewRecord::from_event(event).expect("event serializes");
     new.topic = topic.to_owned();
-    OutboxRecord::from_new(id, new)
+    new
 }
 
 /// `keys` × `per_key` order events, interleaved by key as a relay would
 /// claim them (ids from 1).
 pub(crate) fn interleaved_orders(topic: &str, keys: u64, per_key: u32) -> Vec<OutboxRecord> {
+    stored(&interleaved_new_orders(topic, keys, per_key))
+}
+
+/// `keys` × `per_key` order events to enqueue, interleaved by key.
+pub(crate) fn interleaved_new_orders(topic: &str, keys: u64, per_key: u32) -> Vec<NewRecord> {
     let mut records = Vec::new();
     for seq in 0..per_key {
         for order_id in 0..keys {
@@ -261,10 +271,19 @@ pub(crate) fn interleaved_orders(topic: &str, keys: u64, per_key: u32) -> Vec<Ou
                 seq,
                 note: format!("order {order_id} step {seq}"),
             };
-            records.push(record(records.len() as i64 + 1, topic, &event));
+            records.push(new_record(topic, &event));
         }
     }
     records
+}
+
+/// `records` as a store holds them once enqueued (ids from 1).
+pub(crate) fn stored(records: &[NewRecord]) -> Vec<OutboxRecord> {
+    records
+        .iter()
+        .zip(1..)
+        .map(|(new, id)| OutboxRecord::from_new(id, new.clone()))
+        .collect()
 }
 
 /// This crate's error inside an outcome.
