@@ -131,15 +131,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn records(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
-        keys.iter()
-            .enumerate()
-            .map(|(i, key)| {
-                OutboxRecord::from_new(i as i64 + 1, crate::testkit::record(*key, i as u32))
-            })
-            .collect()
-    }
+    use crate::testkit::batch;
 
     fn taken(ready: &[Ready]) -> Vec<(usize, bool, bool)> {
         ready
@@ -150,7 +142,7 @@ mod tests {
 
     #[test]
     fn delivered_records_are_ready_at_once_failures_when_their_key_is_known() {
-        let records = records(&[Some("a"), Some("a"), Some("a"), None]);
+        let records = batch(&[Some("a"), Some("a"), Some("a"), None]);
         let mut tracker = Tracker::new(&records);
         assert!(tracker.report(1, Outcome::retriable("held back")));
         assert!(tracker.report(3, Outcome::Delivered));
@@ -173,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_delivered_prefix_is_ready_before_the_rest_of_its_key() {
-        let records = records(&[Some("a"), Some("a"), Some("a")]);
+        let records = batch(&[Some("a"), Some("a"), Some("a")]);
         let mut tracker = Tracker::new(&records);
         tracker.report(0, Outcome::Delivered);
         assert_eq!(taken(&tracker.take_settled()), vec![(0, true, false)]);
@@ -188,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_record_delivered_behind_a_failure_is_ready_and_flagged() {
-        let records = records(&[Some("a"), Some("a"), Some("a")]);
+        let records = batch(&[Some("a"), Some("a"), Some("a")]);
         let mut tracker = Tracker::new(&records);
         tracker.report(0, Outcome::retriable("timeout"));
         tracker.report(1, Outcome::Delivered);
@@ -203,7 +195,7 @@ mod tests {
 
     #[test]
     fn missing_outcomes_are_released() {
-        let records = records(&[None, Some("b")]);
+        let records = batch(&[None, Some("b")]);
         let mut tracker = Tracker::new(&records);
         tracker.report(1, Outcome::Delivered);
         assert_eq!(tracker.report_missing(), 1);

@@ -145,15 +145,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    fn records(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
-        keys.iter()
-            .enumerate()
-            .map(|(i, key)| {
-                OutboxRecord::from_new(i as i64 + 1, crate::testkit::record(*key, i as u32))
-            })
-            .collect()
-    }
+    use crate::testkit::batch;
 
     /// Each send's record id, in the order `send` was called, and the
     /// reports, in the order they were made.
@@ -165,7 +157,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_key_waits_for_each_delivery_and_a_failure_holds_back_its_rest() {
-        let records = records(&[Some("a"), Some("b"), Some("a"), None, Some("a"), Some("b")]);
+        let records = batch(&[Some("a"), Some("b"), Some("a"), None, Some("a"), Some("b")]);
         let log = Log::default();
         publish_by_key(
             &records,

@@ -97,19 +97,11 @@ impl KeyGroups {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn records(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
-        keys.iter()
-            .enumerate()
-            .map(|(i, key)| {
-                OutboxRecord::from_new(i as i64 + 1, crate::testkit::record(*key, i as u32))
-            })
-            .collect()
-    }
+    use crate::testkit::batch;
 
     #[test]
     fn groups_hold_each_key_in_batch_order_and_keyless_records_alone() {
-        let records = records(&[Some("a"), None, Some("b"), Some("a"), None, Some("a")]);
+        let records = batch(&[Some("a"), None, Some("b"), Some("a"), None, Some("a")]);
         let groups = KeyGroups::new(&records);
         let listed: Vec<Vec<usize>> = groups.iter().map(<[usize]>::to_vec).collect();
         assert_eq!(listed, vec![vec![0, 3, 5], vec![1], vec![2], vec![4]]);

@@ -196,6 +196,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::testkit::batch;
 
     /// Fails the second record of every batch, delivers the rest.
     struct SecondFails;
@@ -219,12 +220,6 @@ mod tests {
         }
     }
 
-    fn records(n: i64) -> Vec<OutboxRecord> {
-        (1..=n)
-            .map(|id| OutboxRecord::from_new(id, crate::testkit::record(None, id as u32)))
-            .collect()
-    }
-
     async fn reported(sink: &dyn Sink, records: &[OutboxRecord]) -> Vec<(usize, String)> {
         let seen = Mutex::new(Vec::new());
         sink.publish_each(records, &|index, outcome: Outcome| {
@@ -236,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_boxed_or_shared_sink_reports_what_the_sink_reports() {
-        let records = records(3);
+        let records = batch(&[None; 3]);
         let expected = vec![
             (0, "delivered".to_owned()),
             (1, "retriable failure: second".to_owned()),
@@ -252,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn publish_returns_what_publish_each_reports_in_record_order() {
-        let records = records(3);
+        let records = batch(&[None; 3]);
         let published = |outcomes: Vec<Outcome>| -> Vec<String> {
             outcomes.iter().map(ToString::to_string).collect()
         };

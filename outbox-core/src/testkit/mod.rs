@@ -3,7 +3,7 @@
 //! must show, run by the in-memory store here and by every
 //! database backend of `outbox-sea-orm`. The sink conformance suite is in
 //! [`sink`]; the crash-point explorer in [`explore`]; records for tests
-//! are made by [`record`] and [`record_on`].
+//! are made by [`record`], [`record_on`] and [`batch`].
 //!
 //! ```ignore
 //! async fn store() -> Option<(MyStore, MyGuard)> { /* a fresh, empty store */ }
@@ -23,5 +23,5 @@ mod records;
 pub mod sink;
 mod store;
 
-pub use self::records::{record, record_on};
+pub use self::records::{batch, record, record_on};
 pub use self::store::*;

@@ -1,12 +1,12 @@
 //! Records for tests: a payload that carries a number, on a topic of the
-//! suites' own or of the caller's.
+//! suites' own or of the caller's; a batch of them as a claim returns it.
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::NewRecord;
+use crate::{NewRecord, OutboxRecord};
 
 const TOPIC: &str = "conformance";
 
@@ -29,4 +29,14 @@ pub fn record_on(topic: &str, key: Option<&str>, n: u32) -> NewRecord {
         created_at: now,
         available_at: now,
     }
+}
+
+/// A batch as a claim returns it: a record of each key of `keys` in turn
+/// (`None` for a keyless one), ids from 1, each payload carrying the
+/// record's position.
+pub fn batch(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| OutboxRecord::from_new(i as i64 + 1, record(*key, i as u32)))
+        .collect()
 }

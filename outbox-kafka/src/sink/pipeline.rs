@@ -188,19 +188,12 @@ async fn tagged<F: Future<Output = RecordResult>>(
 mod tests {
     use std::sync::Mutex;
 
-    use outbox_engine::testkit::record_on;
+    use outbox_engine::testkit::batch;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use uuid::Uuid;
 
     use super::*;
     use crate::Error;
-
-    fn records(keys: &[Option<&str>]) -> Vec<OutboxRecord> {
-        keys.iter()
-            .enumerate()
-            .map(|(i, key)| OutboxRecord::from_new(i as i64 + 1, record_on("t", *key, i as u32)))
-            .collect()
-    }
 
     /// A delivery report `after` ms from now: a timeout if `fails`.
     async fn answer(after: u64, fails: bool) -> Result<(), Error> {
@@ -245,7 +238,7 @@ mod tests {
         topics: &[&str],
         fates: &[Fate],
     ) -> (Vec<usize>, Vec<(usize, String)>, usize, u64) {
-        let records = records(keys);
+        let records = batch(keys);
         let topics: Vec<Cow<'_, str>> = topics.iter().map(|t| Cow::Borrowed(*t)).collect();
         let handed = Mutex::new(Vec::new());
         let reported = Mutex::new(Vec::new());
@@ -415,7 +408,7 @@ mod tests {
         // a's second record finds the queue full until 50 ms; b's first
         // fails at 10 ms with b's second in the producer: a cut-off, which
         // may have purged a's first, so a's second must not follow it.
-        let records = records(&[Some("a"), Some("b"), Some("b"), Some("a"), Some("a")]);
+        let records = batch(&[Some("a"), Some("b"), Some("b"), Some("a"), Some("a")]);
         let topics = vec![Cow::Borrowed("t"); 5];
         let cuts = Mutex::new(0u64);
         let tokens = Mutex::new(Vec::new());
@@ -456,7 +449,7 @@ mod tests {
     /// Publishes records of `keys` that answer after 500 ms, with
     /// `expire_after` 100 ms; returns the cut-offs asked for.
     async fn expiring(keys: &[Option<&str>]) -> Vec<String> {
-        let records = records(keys);
+        let records = batch(keys);
         let topics = vec![Cow::Borrowed("t"); keys.len()];
         let cuts = Mutex::new(Vec::new());
         let start = Instant::now();
