@@ -43,9 +43,9 @@ impl Dialect for MySql {
     fn after(&self, after: TimeDelta) -> SimpleExpr {
         match after.num_microseconds().unwrap_or(i64::MAX) {
             0 => Expr::cust("UTC_TIMESTAMP(6)"),
-            micros => Expr::cust(format!(
-                "TIMESTAMPADD(MICROSECOND, {micros}, UTC_TIMESTAMP(6))"
-            )),
+            micros => {
+                Expr::cust_with_values("TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6))", [micros])
+            }
         }
     }
 

@@ -36,7 +36,10 @@ impl Dialect for Postgres {
     fn after(&self, after: TimeDelta) -> SimpleExpr {
         match after.num_microseconds().unwrap_or(i64::MAX) {
             0 => Expr::cust("now()"),
-            micros => Expr::cust(format!("now() + interval '{micros} microseconds'")),
+            micros => Expr::cust_with_values(
+                "now() + CAST($1 AS double precision) * interval '1 microsecond'",
+                [micros],
+            ),
         }
     }
 
