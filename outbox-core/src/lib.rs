@@ -92,10 +92,6 @@ pub use store::{
 };
 pub use trace::{TRACEPARENT, set_traceparent_source};
 
-/// The former name of [`ScheduledRetry`], until every store names it so.
-#[doc(hidden)]
-pub use store::ScheduledRetry as Retry;
-
 #[cfg(feature = "derive")]
 pub use outbox_macros::OutboxEvent;
 

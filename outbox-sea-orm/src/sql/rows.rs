@@ -378,7 +378,7 @@ pub(crate) fn locked_insert(
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use outbox_engine::Retry;
+    use outbox_engine::ScheduledRetry;
     use sea_orm::DbBackend;
 
     use super::*;
@@ -389,12 +389,12 @@ mod tests {
         let settled = Settlement {
             published: vec![1, 2, 3],
             retries: vec![
-                Retry {
+                ScheduledRetry {
                     id: 4,
                     error: "timeout".into(),
                     delay: std::time::Duration::from_secs(1),
                 },
-                Retry {
+                ScheduledRetry {
                     id: 5,
                     error: "timeout".into(),
                     delay: std::time::Duration::from_secs(2),
