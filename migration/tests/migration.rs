@@ -5,7 +5,11 @@ use outbox_migration::{Migration, Migrator, MigratorTrait};
 use sea_orm_migration::sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
 
 fn ddl(backend: DbBackend) -> Vec<String> {
-    let mut statements = vec![backend.build(&Migration::create_table(backend, &Tables::default())).to_string()];
+    let mut statements = vec![
+        backend
+            .build(&Migration::create_table(backend, &Tables::default()))
+            .to_string(),
+    ];
     statements.extend(
         Migration::create_indexes(backend, &Tables::default())
             .iter()

@@ -37,7 +37,7 @@ pub(crate) fn tables(global: &Global) -> anyhow::Result<Tables> {
     };
     match named() {
         Ok(tables) => Ok(tables),
-        Err(error) => crate::usage_error(&format!(
+        Err(error) => crate::usage_error(format!(
             "{error} (--schema, --outbox-table, --keys-table, --inbox-table)"
         )),
     }
