@@ -198,9 +198,8 @@ pub(crate) async fn enqueue_with<C: ConnectionTrait + 'static>(
     event: &dyn OutboxEvent,
 ) -> Result<Uuid, Error> {
     let record = NewRecord::from_event(event).map_err(Error::Event)?;
-    let id = record.event_id;
     enqueue_records_with(db, sql, std::slice::from_ref(&record)).await?;
-    Ok(id)
+    Ok(record.event_id)
 }
 
 /// [`enqueue_in`] into the tables `sql` names.
@@ -210,17 +209,9 @@ pub(crate) async fn enqueue_in_with<C: ConnectionTrait>(
     event: &dyn OutboxEvent,
 ) -> Result<Uuid, Error> {
     let record = NewRecord::from_event(event).map_err(Error::Event)?;
-    let id = record.event_id;
-    write(
-        db,
-        sql,
-        std::slice::from_ref(&record),
-        TimeDelta::zero(),
-        db,
-        Mode::Either,
-    )
-    .await?;
-    Ok(id)
+    let records = std::slice::from_ref(&record);
+    write(db, sql, records, TimeDelta::zero(), db, Mode::Either).await?;
+    Ok(record.event_id)
 }
 
 /// [`enqueue_all`] into the tables `sql` names.

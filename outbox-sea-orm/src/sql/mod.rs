@@ -111,6 +111,7 @@ impl Binds {
 /// tables quoted and schema-qualified, indexes as they are named.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
+    pub(crate) backend: DbBackend,
     pub(crate) tables: Tables,
     /// The outbox table, as written in SQL.
     pub(crate) outbox: String,
@@ -130,6 +131,7 @@ pub(crate) struct Names {
 impl Names {
     fn new(backend: DbBackend, tables: &Tables) -> Self {
         Self {
+            backend,
             tables: tables.clone(),
             outbox: tables.qualified(backend, tables.outbox()),
             keys: tables.qualified(backend, tables.keys()),
@@ -150,8 +152,11 @@ impl Names {
 /// every database runs as written; [`postgres::Postgres`],
 /// [`mysql::MySql`] and [`sqlite::Sqlite`] override the others.
 pub(crate) trait Dialect: Send + Sync + fmt::Debug {
-    fn backend(&self) -> DbBackend;
     fn names(&self) -> &Names;
+
+    fn backend(&self) -> DbBackend {
+        self.names().backend
+    }
 
     fn binds(&self) -> Binds {
         Binds::new(self.backend())
@@ -546,6 +551,26 @@ ON CONFLICT DO NOTHING",
             ("find idle keys", self.idle_keys(1000)),
         ]
     }
+}
+
+/// A `UNION ALL` of one branch per key (MySQL/MariaDB, SQLite), each
+/// written by `branch(i, key, after, limit)` with the placeholders of its
+/// values.
+pub(crate) fn key_branches(
+    b: &mut Binds,
+    keys: &[(String, i64)],
+    per_key: i64,
+    branch: impl Fn(usize, &str, &str, &str) -> String,
+) -> String {
+    let branches: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (key, after))| {
+            let (key, after, limit) = (b.bind(key.clone()), b.bind(*after), b.bind(per_key));
+            branch(i, &key, &after, &limit)
+        })
+        .collect();
+    branches.join("\nUNION ALL\n")
 }
 
 /// `INSERT INTO <keys> (partition_key, next_at) VALUES ...`, for the

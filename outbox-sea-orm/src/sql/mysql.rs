@@ -8,18 +8,14 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::{Alias, Expr, InsertStatement, OnConflict, SimpleExpr};
-use sea_orm::{DbBackend, IsolationLevel, Statement, TransactionOptions};
+use sea_orm::{IsolationLevel, Statement, TransactionOptions};
 
-use super::{Dialect, Names, keys_insert};
+use super::{Dialect, Names, key_branches, keys_insert};
 
 #[derive(Debug)]
 pub(crate) struct MySql(pub(crate) Names);
 
 impl Dialect for MySql {
-    fn backend(&self) -> DbBackend {
-        DbBackend::MySql
-    }
-
     fn names(&self) -> &Names {
         &self.0
     }
@@ -57,21 +53,17 @@ impl Dialect for MySql {
     fn key_records(&self, keys: &[(String, i64)], per_key: i64) -> Statement {
         let n = self.names();
         let mut b = self.binds();
-        let branches: Vec<String> = keys
-            .iter()
-            .map(|(key, after)| {
-                let (key, after, limit) = (b.bind(key.clone()), b.bind(*after), b.bind(per_key));
-                format!(
-                    "(SELECT {columns} FROM {outbox} o FORCE INDEX ({index})
+        let sql = key_branches(&mut b, keys, per_key, |_, key, after, limit| {
+            format!(
+                "(SELECT {columns} FROM {outbox} o FORCE INDEX ({index})
   WHERE o.partition_key = {key} AND o.status = 'pending' AND o.id > {after}
   ORDER BY o.id LIMIT {limit})",
-                    columns = n.columns,
-                    outbox = n.outbox,
-                    index = n.index_key_pending,
-                )
-            })
-            .collect();
-        b.statement(branches.join("\nUNION ALL\n"))
+                columns = n.columns,
+                outbox = n.outbox,
+                index = n.index_key_pending,
+            )
+        });
+        b.statement(sql)
     }
 
     /// The lowest id of each key, grouped.

@@ -11,7 +11,6 @@
 //! a 100,000-record drain over 10 keys.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use sea_orm::DbBackend;
 use sea_orm::Statement;
 use sea_orm::sea_query::{Expr, SimpleExpr};
 
@@ -21,10 +20,6 @@ use super::{Dialect, Names};
 pub(crate) struct Postgres(pub(crate) Names);
 
 impl Dialect for Postgres {
-    fn backend(&self) -> DbBackend {
-        DbBackend::Postgres
-    }
-
     fn names(&self) -> &Names {
         &self.0
     }

@@ -7,18 +7,14 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::SimpleExpr;
-use sea_orm::{DbBackend, SqliteTransactionMode, Statement, TransactionOptions};
+use sea_orm::{SqliteTransactionMode, Statement, TransactionOptions};
 
-use super::{Dialect, Names};
+use super::{Dialect, Names, key_branches};
 
 #[derive(Debug)]
 pub(crate) struct Sqlite(pub(crate) Names);
 
 impl Dialect for Sqlite {
-    fn backend(&self) -> DbBackend {
-        DbBackend::Sqlite
-    }
-
     fn names(&self) -> &Names {
         &self.0
     }
@@ -62,22 +58,17 @@ LIMIT {limit}",
     fn key_records(&self, keys: &[(String, i64)], per_key: i64) -> Statement {
         let n = self.names();
         let mut b = self.binds();
-        let branches: Vec<String> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, (key, after))| {
-                let (key, after, limit) = (b.bind(key.clone()), b.bind(*after), b.bind(per_key));
-                format!(
-                    "SELECT * FROM (SELECT {columns} FROM {outbox} o INDEXED BY {index}
+        let sql = key_branches(&mut b, keys, per_key, |i, key, after, limit| {
+            format!(
+                "SELECT * FROM (SELECT {columns} FROM {outbox} o INDEXED BY {index}
   WHERE o.partition_key = {key} AND o.status = 'pending' AND o.id > {after}
   ORDER BY o.id LIMIT {limit}) AS k{i}",
-                    columns = n.columns,
-                    outbox = n.outbox,
-                    index = n.index_key_pending,
-                )
-            })
-            .collect();
-        b.statement(branches.join("\nUNION ALL\n"))
+                columns = n.columns,
+                outbox = n.outbox,
+                index = n.index_key_pending,
+            )
+        });
+        b.statement(sql)
     }
 
     /// The lowest id of each key, grouped.
