@@ -72,6 +72,29 @@ pub use m20261201_000001_key_heads::Migration as KeyHeads;
 pub use m20261202_000001_inbox::Migration as Inbox;
 pub use tables::{InvalidName, MAX_SCHEMA_NAME, MAX_TABLE_NAME, Tables};
 
+/// Implements `MigrationTrait` for a migration on the default names: its
+/// module's `up` and `down` on `Tables::default()`.
+macro_rules! on_default_tables {
+    ($($migration:ty => $module:ident),* $(,)?) => {$(
+        #[async_trait::async_trait]
+        impl MigrationTrait for $migration {
+            async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                $module::up(manager, &Tables::default()).await
+            }
+
+            async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                $module::down(manager, &Tables::default()).await
+            }
+        }
+    )*};
+}
+
+on_default_tables! {
+    Migration => m20261128_000001_create_outbox_table,
+    KeyHeads => m20261201_000001_key_heads,
+    Inbox => m20261202_000001_inbox,
+}
+
 /// Every outbox migration, in order: add them to your own `Migrator`.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![Box::new(Migration), Box::new(KeyHeads)]

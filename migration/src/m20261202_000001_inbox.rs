@@ -77,14 +77,3 @@ pub(crate) async fn down(manager: &SchemaManager<'_>, tables: &Tables) -> Result
         .drop_table(Table::drop().table(tables.inbox_ref()).to_owned())
         .await
 }
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        up(manager, &Tables::default()).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        down(manager, &Tables::default()).await
-    }
-}
