@@ -204,9 +204,7 @@ async fn a_fatal_producer_error_replaces_the_producer() {
 async fn a_failed_record_holds_back_its_key_only() {
     let kafka = TestKafka::start();
     let topic = kafka.topic(2).await;
-    let mut config = kafka.config();
-    config.set("message.max.bytes", "1000");
-    let sink = KafkaSink::new(config).unwrap();
+    let sink = kafka.sink_with("message.max.bytes", "1000");
 
     let order = |order_id, seq, note: String| OrderPlaced {
         order_id,

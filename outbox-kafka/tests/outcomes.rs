@@ -24,9 +24,7 @@ fn order(order_id: u64, seq: u32, note: impl Into<String>) -> OrderPlaced {
 async fn an_oversized_record_is_permanent_and_the_others_go_through() {
     let kafka = TestKafka::start();
     let topic = kafka.topic(1).await;
-    let mut config = kafka.config();
-    config.set("message.max.bytes", "1000");
-    let sink = KafkaSink::new(config).unwrap();
+    let sink = kafka.sink_with("message.max.bytes", "1000");
 
     let records = vec![
         record(1, &topic, &order(1, 0, "x".repeat(5_000))),

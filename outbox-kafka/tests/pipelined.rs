@@ -391,9 +391,7 @@ async fn key_order_holds_over_slow_brokers() {
     };
     let topic = kafka.topic(3).await;
     let records = interleaved_orders(&topic, 5, 400);
-    let mut config = kafka.config();
-    config.set("batch.num.messages", "20");
-    let sink = KafkaSink::new(config).unwrap();
+    let sink = kafka.sink_with("batch.num.messages", "20");
     publish_all(&sink, &records[..1]).await;
 
     for (n, batch) in records[1..].chunks(500).enumerate() {
@@ -534,9 +532,7 @@ async fn a_record_the_broker_refuses_for_good_stops_its_key_and_the_producer() {
 async fn a_batch_larger_than_the_producer_queue_waits_for_room() {
     let kafka = TestKafka::start();
     let topic = kafka.topic(2).await;
-    let mut config = kafka.config();
-    config.set("queue.buffering.max.messages", "50");
-    let sink = KafkaSink::new(config).unwrap();
+    let sink = kafka.sink_with("queue.buffering.max.messages", "50");
     let records = interleaved_orders(&topic, 3, 100);
 
     let left = publish_checked(&sink, &records).await;

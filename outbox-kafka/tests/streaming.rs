@@ -91,9 +91,7 @@ async fn a_record_to_a_missing_topic_does_not_delay_the_other_reports() {
 async fn publish_and_publish_each_give_the_same_outcomes() {
     let kafka = TestKafka::start();
     let topic = kafka.topic(2).await;
-    let mut config = kafka.config();
-    config.set("message.max.bytes", "1000");
-    let sink = KafkaSink::new(config).unwrap();
+    let sink = kafka.sink_with("message.max.bytes", "1000");
 
     // Key 1's head is too large and key 2's head has an invalid topic: the
     // rest of both keys is held back; keys 3 and 4 are delivered.

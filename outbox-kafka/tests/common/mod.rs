@@ -133,6 +133,14 @@ impl TestKafka {
         KafkaSink::new(self.config()).expect("sink")
     }
 
+    /// A sink with one setting of librdkafka's changed.
+    #[allow(dead_code)]
+    pub(crate) fn sink_with(&self, key: &str, value: &str) -> KafkaSink {
+        let mut config = self.config();
+        config.set(key, value);
+        KafkaSink::new(config).expect("sink")
+    }
+
     /// How many messages the topic holds (the sum of its high watermarks).
     pub(crate) async fn message_count(&self, topic: &str, partitions: i32) -> i64 {
         let config = self.consumer_config();
