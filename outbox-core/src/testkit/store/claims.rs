@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{TimeDelta, Utc};
 
-use super::{TestStore, claim, close, enqueue, ids, secs};
+use super::{TestStore, claim, close, enqueue, enqueue_keys, ids, secs};
 use crate::testkit::record;
 use crate::{NewRecord, OutboxRecord, Status};
 
@@ -108,16 +108,7 @@ pub async fn expired_lease_is_taken_over<S: TestStore>(store: S) {
 /// One claim takes, of each key, the earliest pending records: never a
 /// later record of a key without the earlier ones.
 pub async fn claims_take_a_prefix_of_each_key<S: TestStore>(store: S) {
-    let stored = enqueue(
-        &store,
-        &[
-            record(Some("k"), 1),
-            record(Some("k"), 2),
-            record(Some("l"), 3),
-            record(Some("k"), 4),
-        ],
-    )
-    .await;
+    let stored = enqueue_keys(&store, &[("k", 1), ("k", 2), ("l", 3), ("k", 4)]).await;
     let first = claim(&store, "a", 2).await;
     assert_eq!(first.len(), 2);
     let key_ids = |key: &str, records: &[OutboxRecord]| -> Vec<i64> {

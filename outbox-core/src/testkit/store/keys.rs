@@ -4,21 +4,13 @@
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
 
-use super::{TestStore, claim, dead, enqueue, ids, retry, secs};
+use super::{TestStore, claim, dead, enqueue, enqueue_keys, ids, retry, secs};
 use crate::testkit::record;
 use crate::{DeadFilter, OutboxRecord, Settlement};
 
 /// A record in backoff holds back later records of its key, not of others.
 pub async fn a_key_in_backoff_blocks_only_itself<S: TestStore>(store: S) {
-    let stored = enqueue(
-        &store,
-        &[
-            record(Some("k"), 1),
-            record(Some("k"), 2),
-            record(Some("l"), 3),
-        ],
-    )
-    .await;
+    let stored = enqueue_keys(&store, &[("k", 1), ("k", 2), ("l", 3)]).await;
     let claimed = claim(&store, "a", 10).await;
     assert_eq!(claimed.len(), 3);
     let settlement = Settlement {
@@ -51,16 +43,7 @@ pub async fn a_key_in_backoff_blocks_only_itself<S: TestStore>(store: S) {
 /// A record leased by one relay holds back later records of its key from
 /// every other relay.
 pub async fn a_key_leased_elsewhere_blocks_only_itself<S: TestStore>(store: S) {
-    let stored = enqueue(
-        &store,
-        &[
-            record(Some("k"), 1),
-            record(Some("l"), 2),
-            record(Some("k"), 3),
-            record(Some("l"), 4),
-        ],
-    )
-    .await;
+    let stored = enqueue_keys(&store, &[("k", 1), ("l", 2), ("k", 3), ("l", 4)]).await;
     let first = claim(&store, "a", 1).await;
     assert_eq!(ids(&first), vec![stored[0].id]);
     let second = claim(&store, "b", 10).await;

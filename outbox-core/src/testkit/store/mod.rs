@@ -181,6 +181,16 @@ fn dead(id: i64, error: &str, holds_key: bool) -> DeadLetter {
     }
 }
 
+/// Enqueues a record of each `(key, n)`, in order, and reads them back
+/// (see [`enqueue`]).
+async fn enqueue_keys<S: TestStore>(store: &S, keys: &[(&str, u32)]) -> Vec<OutboxRecord> {
+    let records: Vec<NewRecord> = keys
+        .iter()
+        .map(|(key, n)| crate::testkit::record(Some(key), *n))
+        .collect();
+    enqueue(store, &records).await
+}
+
 async fn enqueue<S: TestStore>(store: &S, records: &[NewRecord]) -> Vec<OutboxRecord> {
     store.enqueue(records).await.expect("enqueue failed");
     // Read them back through a claim, then release.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{TestStore, claim, dead, enqueue, ids, retry, secs};
+use super::{TestStore, claim, dead, enqueue, enqueue_keys, ids, retry, secs};
 use crate::Settlement;
 use crate::testkit::record;
 
@@ -71,17 +71,7 @@ pub async fn release_makes_records_claimable_without_an_attempt<S: TestStore>(st
 /// One settlement publishes, retries, kills and releases at once, and
 /// counts what it changed.
 pub async fn settle_applies_every_outcome_at_once<S: TestStore>(store: S) {
-    let stored = enqueue(
-        &store,
-        &[
-            record(Some("a"), 1),
-            record(Some("b"), 2),
-            record(Some("b"), 3),
-            record(Some("c"), 4),
-            record(Some("d"), 5),
-        ],
-    )
-    .await;
+    let stored = enqueue_keys(&store, &[("a", 1), ("b", 2), ("b", 3), ("c", 4), ("d", 5)]).await;
     let claimed = claim(&store, "x", 10).await;
     assert_eq!(claimed.len(), 5);
     let settlement = Settlement {

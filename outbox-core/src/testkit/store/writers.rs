@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{OpenTransaction, TestStore, claim, dead, enqueue, ids, secs};
+use super::{OpenTransaction, TestStore, claim, dead, enqueue, enqueue_keys, ids, secs};
 use crate::testkit::record;
 use crate::{NewRecord, OutboxRecord, RecordRef, Settlement, Status};
 
@@ -67,15 +67,7 @@ pub async fn a_key_a_writer_holds_is_passed_over_and_the_rest_flows<S: TestStore
 /// waiting for it; only a dead letter that must hold that key is deferred
 /// (left pending and leased), and settles once the writer is done.
 pub async fn settling_never_waits_for_a_writer<S: TestStore>(store: S) {
-    let first = enqueue(
-        &store,
-        &[
-            record(Some("a"), 1),
-            record(Some("b"), 1),
-            record(Some("c"), 1),
-        ],
-    )
-    .await;
+    let first = enqueue_keys(&store, &[("a", 1), ("b", 1), ("c", 1)]).await;
     let claimed = claim(&store, "r", 10).await;
     assert_eq!(claimed.len(), 3);
     let Some(writer) = open_writer(
