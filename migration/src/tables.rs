@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
+use sea_orm::DbBackend;
+use sea_orm::sea_query::{Alias, IntoTableRef, TableRef};
 
 /// The longest table name: its longest index name, `idx_<name>_key_pending`,
 /// stays within PostgreSQL's 63 bytes.

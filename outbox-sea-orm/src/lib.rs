@@ -104,8 +104,8 @@ pub use error::{DbError, Error};
 #[cfg(feature = "postgres")]
 pub use outbox::listen;
 pub use outbox::{NOTIFY_CHANNEL, Outbox, notify_channel};
-/// The `outbox-migration` crate: the migrations of the tables this store
-/// reads.
+/// The `outbox-migration` crate: the names of the tables this store reads,
+/// and (with its default feature `migrations`) their migrations.
 pub use outbox_migration as migration;
 pub use outbox_migration::{InvalidName, Tables};
 pub use store::{SeaOrmStore, redact_url};
