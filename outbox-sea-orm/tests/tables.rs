@@ -243,3 +243,60 @@ async fn unmigrated_names_are_named_on_mariadb() {
 async fn unmigrated_names_are_named_on_sqlite() {
     a_store_on_unmigrated_names_says_so(Backend::SqliteFile).await;
 }
+
+/// Each outbox notifies its own channel: a relay listening for the named
+/// outbox is woken by that outbox's commits, not by the default one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outbox_notifies_its_own_channel_on_postgres() {
+    let named = other_names(Backend::Postgres);
+    let Some(db) = TestDb::with_tables(Backend::Postgres, &named).await else {
+        return;
+    };
+    outbox_migration::migrate_tables(&db.db, &Tables::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(outbox_sea_orm::notify_channel(&named), "accounts_billing_outbox");
+    let relay_store = SeaOrmStore::connect_with_tables(db.url.as_str(), &named)
+        .await
+        .unwrap();
+    let wakeup = outbox_engine::Wakeup::new();
+    let listening = outbox_sea_orm::listen(&relay_store, wakeup.clone())
+        .await
+        .unwrap();
+    let woken = |within| tokio::time::timeout(within, wakeup.woken());
+
+    let plain = Outbox::new(SeaOrmStore::new(db.db.clone())).notify_on_commit(true);
+    plain
+        .transaction(|txn| {
+            Box::pin(async move {
+                outbox_sea_orm::enqueue(txn, &InvoiceIssued { invoice_id: 1 })
+                    .await
+                    .map_err(sea_orm::DbErr::from)
+            })
+        })
+        .await
+        .unwrap();
+    assert!(
+        woken(Duration::from_millis(300)).await.is_err(),
+        "woken by the other outbox's commit"
+    );
+
+    let billing = Outbox::new(db.store()).notify_on_commit(true);
+    let writer = billing.clone();
+    billing
+        .transaction(|txn| {
+            Box::pin(async move {
+                writer
+                    .enqueue(txn, &InvoiceIssued { invoice_id: 2 })
+                    .await
+                    .map_err(sea_orm::DbErr::from)
+            })
+        })
+        .await
+        .unwrap();
+    assert!(
+        woken(Duration::from_secs(5)).await.is_ok(),
+        "the named outbox's notification did not reach its listener"
+    );
+    listening.abort();
+}
