@@ -273,13 +273,21 @@ impl Tables {
     /// `table` as written in SQL on `backend`, schema-qualified when set
     /// (names are checked, so quoting never meets a quote).
     pub fn qualified(&self, backend: DbBackend, table: &str) -> String {
-        let quote = |name: &str| match backend {
+        match &self.schema {
+            Some(schema) => format!(
+                "{}.{}",
+                Self::quoted(backend, schema),
+                Self::quoted(backend, table)
+            ),
+            None => Self::quoted(backend, table),
+        }
+    }
+
+    /// `name` quoted as an identifier on `backend`, without a schema.
+    pub fn quoted(backend: DbBackend, name: &str) -> String {
+        match backend {
             DbBackend::MySql => format!("`{name}`"),
             _ => format!("\"{name}\""),
-        };
-        match &self.schema {
-            Some(schema) => format!("{}.{}", quote(schema), quote(table)),
-            None => quote(table),
         }
     }
 }

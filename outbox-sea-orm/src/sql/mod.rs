@@ -136,7 +136,7 @@ impl Names {
             outbox: tables.qualified(backend, tables.outbox()),
             keys: tables.qualified(backend, tables.keys()),
             inbox: tables.qualified(backend, tables.inbox()),
-            keys_name: Tables::default().qualified(backend, tables.keys()),
+            keys_name: Tables::quoted(backend, tables.keys()),
             columns: Column::iter()
                 .map(|column| format!("o.{}", column.as_str()))
                 .collect::<Vec<_>>()
