@@ -40,7 +40,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use outbox_migration::Tables;
@@ -57,6 +57,9 @@ use crate::sql::Dialect;
 #[derive(Debug, Clone, Default)]
 pub struct Inbox {
     tables: Tables,
+    /// The statements for other than the default names, made at the first
+    /// call rather than at every event.
+    sql: Arc<OnceLock<Arc<dyn Dialect>>>,
 }
 
 impl Inbox {
@@ -64,12 +67,19 @@ impl Inbox {
     pub fn new(tables: &Tables) -> Self {
         Self {
             tables: tables.clone(),
+            sql: Arc::default(),
         }
     }
 
     fn sql(&self, backend: DbBackend) -> Arc<dyn Dialect> {
         if self.tables.is_default() {
-            crate::sql::default_dialect(backend)
+            return crate::sql::default_dialect(backend);
+        }
+        let made = self
+            .sql
+            .get_or_init(|| crate::sql::dialect(backend, &self.tables));
+        if made.backend() == backend {
+            made.clone()
         } else {
             crate::sql::dialect(backend, &self.tables)
         }
