@@ -255,7 +255,10 @@ async fn each_outbox_notifies_its_own_channel_on_postgres() {
     outbox_migration::migrate_tables(&db.db, &Tables::default(), false)
         .await
         .unwrap();
-    assert_eq!(outbox_sea_orm::notify_channel(&named), "accounts_billing_outbox");
+    assert_eq!(
+        outbox_sea_orm::notify_channel(&named),
+        "accounts_billing_outbox"
+    );
     let relay_store = SeaOrmStore::connect_with_tables(db.url.as_str(), &named)
         .await
         .unwrap();
