@@ -164,6 +164,16 @@ pub trait OutboxStore: Send + Sync {
     /// longer than a third of its lease.
     async fn renew(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
 
+    /// Housekeeping the relay runs beside its batches, every
+    /// [`housekeeping_interval`](crate::RelayBuilder::housekeeping_interval):
+    /// reclaims the room that settled records left in the store, where the
+    /// store does not do it by itself (the SQL store vacuums its tables on
+    /// PostgreSQL). It must never hold up a writer or a claim, and a crash
+    /// in the middle of it must lose nothing. The default does nothing.
+    async fn housekeep(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Marks records published: a [`settle`](Self::settle) of just that;
     /// returns how many changed.
     async fn mark_published(&self, owner: &str, ids: &[i64]) -> Result<u64, StoreError> {
@@ -366,7 +376,8 @@ pub trait OutboxAdmin: Send + Sync {
     ) -> Result<Vec<OutboxRecord>, StoreError>;
 
     /// One record, whatever its status, by id or event id; `None` when
-    /// there is none (or it was purged).
+    /// there is none: never written, purged, or published by a store that
+    /// deletes what it publishes (the SQL store's default).
     async fn find(&self, record: RecordRef) -> Result<Option<OutboxRecord>, StoreError>;
 
     /// Moves one dead record back to pending, available now, with its
@@ -459,6 +470,9 @@ macro_rules! forward_store {
             }
             async fn renew(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
                 (**self).renew(owner, ids, lease).await
+            }
+            async fn housekeep(&self) -> Result<(), StoreError> {
+                (**self).housekeep().await
             }
         }
     )*};

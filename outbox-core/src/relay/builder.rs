@@ -53,7 +53,11 @@ pub struct RelayBuilder<St, Si> {
     dead_key_policy: DeadKeyPolicy,
     clock: Box<dyn Clock>,
     chores: Chores,
+    housekeeping: Option<Duration>,
 }
+
+/// How often [`Relay::run`] runs the store's housekeeping by default.
+const DEFAULT_HOUSEKEEPING: Duration = Duration::from_secs(10);
 
 impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
     pub(super) fn new(store: St, sink: Si) -> Self {
@@ -72,7 +76,19 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             dead_key_policy: DeadKeyPolicy::default(),
             clock: Box::new(SystemClock),
             chores: Chores::default(),
+            housekeeping: Some(DEFAULT_HOUSEKEEPING),
         }
+    }
+
+    /// How often [`Relay::run`] runs the store's housekeeping
+    /// ([`OutboxStore::housekeep`]: the SQL store vacuums its tables on
+    /// PostgreSQL, so the room settled records leave is used again even
+    /// where autovacuum does not run), or `None` for never. Default: 10 s.
+    /// Must be greater than zero.
+    #[must_use]
+    pub fn housekeeping_interval(mut self, every: Option<Duration>) -> Self {
+        self.housekeeping = every;
+        self
     }
 
     /// The id written to the records this relay leases. Default: `relay-`
@@ -227,6 +243,11 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
                 self.lease
             )));
         }
+        if self.housekeeping.is_some_and(|every| every.is_zero()) {
+            return Err(Error::Config(
+                "housekeeping interval must be greater than zero".into(),
+            ));
+        }
         if self.chores.purge_every.is_zero() {
             return Err(Error::Config(
                 "purge interval must be greater than zero".into(),
@@ -263,6 +284,7 @@ impl<St: OutboxStore, Si: Sink> RelayBuilder<St, Si> {
             },
             clock: self.clock,
             chores: self.chores,
+            housekeeping: self.housekeeping,
             claims: Default::default(),
             in_flight: Default::default(),
             room: Default::default(),
@@ -316,6 +338,7 @@ impl<St, Si> fmt::Debug for RelayBuilder<St, Si> {
             .field("dead_key_policy", &self.dead_key_policy)
             .field("clock", &self.clock)
             .field("chores", &self.chores)
+            .field("housekeeping", &self.housekeeping)
             .finish_non_exhaustive()
     }
 }

@@ -55,6 +55,8 @@ pub struct Relay<St, Si> {
     policy: SettlementPolicy,
     clock: Box<dyn Clock>,
     chores: Chores,
+    /// How often `run` runs the store's housekeeping.
+    housekeeping: Option<Duration>,
     claims: AtomicU64,
     status: Mutex<RelayStatus>,
     /// Records claimed and not yet settled, over every batch in flight.
@@ -177,8 +179,41 @@ impl<St: OutboxStore, Si: Sink> Relay<St, Si> {
         };
         let chores = self
             .chores
-            .run(&self.relay_id, || self.clock.now(), stopped);
-        tokio::join!(batches, chores);
+            .run(&self.relay_id, || self.clock.now(), stopped.clone());
+        let housekeeping = self.housekeep(stopped);
+        tokio::join!(batches, chores, housekeeping);
+    }
+
+    /// Runs the store's housekeeping every `housekeeping` interval (first
+    /// after one interval) until `stop` turns true. A failure is logged
+    /// and tried again at the next interval: housekeeping loses nothing by
+    /// waiting.
+    async fn housekeep(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(every) = self.housekeeping else {
+            return;
+        };
+        let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                _ = interval.tick() => {}
+            }
+            let work = self.store.housekeep();
+            let result = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                result = work => result,
+            };
+            if let Err(error) = result {
+                tracing::warn!(
+                    relay = %self.relay_id,
+                    error = %error_chain(&error),
+                    "the outbox store's housekeeping failed; trying again at the next interval"
+                );
+            }
+        }
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, RelayStatus> {
@@ -198,6 +233,7 @@ impl<St, Si> fmt::Debug for Relay<St, Si> {
             .field("backoff", &self.policy.backoff)
             .field("dead_key_policy", &self.policy.dead_key_policy)
             .field("chores", &self.chores)
+            .field("housekeeping", &self.housekeeping)
             .finish_non_exhaustive()
     }
 }
