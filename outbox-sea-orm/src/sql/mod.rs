@@ -188,18 +188,33 @@ pub(crate) trait Dialect: Send + Sync + fmt::Debug {
 
     /// Keys whose first pending record can be claimed, oldest first,
     /// locked without waiting for a writer (or a claimer) that holds one.
-    fn ready_keys(&self, now: DateTime<Utc>, limit: i64) -> Statement {
+    /// Passes over the keys in `except` (those the claim holds already).
+    fn ready_keys(&self, now: DateTime<Utc>, limit: i64, except: &[String]) -> Statement {
         let n = self.names();
         let mut b = self.binds();
-        let (now, limit) = (b.bind(now), b.bind(limit));
+        let now = b.bind(now);
+        let except = self.except_keys(&mut b, except);
+        let limit = b.bind(limit);
         b.statement(format!(
             "SELECT partition_key FROM {keys}
-WHERE next_at <= {now}
+WHERE next_at <= {now}{except}
 ORDER BY next_at
 LIMIT {limit}
 FOR UPDATE SKIP LOCKED",
             keys = n.keys
         ))
+    }
+
+    /// ` AND partition_key NOT IN (...)` with `keys` bound, or nothing for
+    /// no keys.
+    fn except_keys(&self, b: &mut Binds, keys: &[String]) -> String {
+        if keys.is_empty() {
+            return String::new();
+        }
+        format!(
+            " AND partition_key NOT IN ({})",
+            b.list(keys.iter().cloned())
+        )
     }
 
     /// The first `per_key` pending records of each key after the id given
@@ -522,6 +537,27 @@ ON CONFLICT DO NOTHING",
         false
     }
 
+    // --- Housekeeping ------------------------------------------------------
+
+    /// Whether a settlement deletes the keys it leaves with nothing to do,
+    /// so that the keys' table holds only keys with work.
+    fn deletes_idle_keys(&self) -> bool {
+        true
+    }
+
+    /// Makes the room that deleted and updated rows left in the outbox
+    /// tables usable again, where the database does not do it by itself
+    /// (PostgreSQL without autovacuum); `None` elsewhere.
+    fn vacuum(&self) -> Option<Statement> {
+        None
+    }
+
+    /// Whether this connection's role may [`vacuum`](Self::vacuum) the
+    /// tables: a one-row, one-column (`allowed`) answer.
+    fn may_vacuum(&self) -> Option<Statement> {
+        None
+    }
+
     // --- For EXPLAIN -------------------------------------------------------
 
     /// The statements whose plans matter, by name, built by the methods the
@@ -531,7 +567,8 @@ ON CONFLICT DO NOTHING",
         let keys = ["k1".to_owned(), "k2".to_owned()];
         let after: Vec<(String, i64)> = keys.iter().map(|key| (key.clone(), i64::MIN)).collect();
         vec![
-            ("claim: ready keys", self.ready_keys(now, 500)),
+            ("claim: ready keys", self.ready_keys(now, 500, &[])),
+            ("claim: more ready keys", self.ready_keys(now, 500, &keys)),
             (
                 "claim: first records of keys",
                 self.key_records(&after, 250),

@@ -20,6 +20,16 @@ impl Dialect for MySql {
         &self.0
     }
 
+    /// No: a key left idle stays until housekeeping (`tidy`). A writer's
+    /// upsert of an existing key takes InnoDB's next-key lock on it, which
+    /// also covers the gap before it; a key deleted from that gap must be
+    /// inserted again by its next writer, who then waits for the open
+    /// transaction of the neighbouring key. Kept, the key is found and
+    /// locked alone.
+    fn deletes_idle_keys(&self) -> bool {
+        false
+    }
+
     /// At `READ COMMITTED`, so locking reads take no gap locks that would
     /// hold up writers' inserts.
     fn transaction(&self) -> TransactionOptions {

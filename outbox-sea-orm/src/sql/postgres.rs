@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::Statement;
 use sea_orm::sea_query::{Expr, SimpleExpr};
 
-use super::{Dialect, Names};
+use super::{Binds, Dialect, Names};
 
 #[derive(Debug)]
 pub(crate) struct Postgres(pub(crate) Names);
@@ -62,6 +62,18 @@ CROSS JOIN LATERAL (
             columns = n.columns,
             outbox = n.outbox
         ))
+    }
+
+    /// The keys as one JSON parameter, so the statement's text is the same
+    /// whatever their number.
+    fn except_keys(&self, b: &mut Binds, keys: &[String]) -> String {
+        if keys.is_empty() {
+            return String::new();
+        }
+        let keys = b.bind(serde_json::json!(keys).to_string());
+        format!(
+            " AND partition_key NOT IN (SELECT jsonb_array_elements_text(CAST({keys} AS jsonb)))"
+        )
     }
 
     fn key_heads(&self, keys: &[String]) -> Statement {
@@ -119,5 +131,30 @@ WHERE partition_key IN ({keys}) AND held_by IS NULL",
 
     fn inserts_with_keys(&self) -> bool {
         true
+    }
+
+    /// `VACUUM` of the outbox and keys tables, never waiting for a lock:
+    /// `SKIP_LOCKED` passes over a table another vacuum holds, and without
+    /// `TRUNCATE` it never takes the exclusive lock that shrinking the file
+    /// needs (the room stays in the file, for the next records). It takes
+    /// no lock a writer or a claim waits for.
+    fn vacuum(&self) -> Option<Statement> {
+        let n = self.names();
+        Some(self.binds().statement(format!(
+            "VACUUM (SKIP_LOCKED, TRUNCATE false) {outbox}, {keys}",
+            outbox = n.outbox,
+            keys = n.keys
+        )))
+    }
+
+    /// Only a table's owner (or a superuser) may vacuum it.
+    fn may_vacuum(&self) -> Option<Statement> {
+        let n = self.names();
+        let mut b = self.binds();
+        let (outbox, keys) = (b.bind(n.outbox.clone()), b.bind(n.keys.clone()));
+        Some(b.statement(format!(
+            "SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) AS allowed FROM pg_class c
+WHERE c.oid IN (CAST({outbox} AS regclass), CAST({keys} AS regclass))"
+        )))
     }
 }

@@ -6,8 +6,8 @@
 use chrono::{DateTime, Utc};
 use outbox_engine::{DeadLetter, NewRecord, RecordRef, Settlement, Status};
 use sea_orm::sea_query::{
-    Alias, CaseStatement, CommonTableExpression, Expr, ExprTrait, InsertStatement, Query,
-    SelectStatement, SimpleExpr, UnionType, UpdateStatement, WithClause, WithQuery,
+    Alias, CaseStatement, CommonTableExpression, DeleteStatement, Expr, ExprTrait, InsertStatement,
+    Query, SelectStatement, SimpleExpr, UnionType, UpdateStatement, WithClause, WithQuery,
 };
 use sea_orm::{Iterable, Value};
 
@@ -108,22 +108,47 @@ fn failed_attempt(
     update
 }
 
+/// Deletes the published records among `ids` still pending and leased
+/// under `owner`: what a settlement does with them unless the store keeps
+/// a history. A row version and no index entry, where marking them writes
+/// a new version of the row and of its index entries.
+pub(crate) fn delete_published(n: &Names, owner: &str, ids: &[i64]) -> DeleteStatement {
+    Query::delete()
+        .from_table(n.tables.outbox_ref())
+        .and_where(col(Column::Status).eq(Status::Pending.as_str()))
+        .and_where(col(Column::LockedBy).eq(owner))
+        .and_where(col(Column::Id).is_in(ids.iter().copied()))
+        .to_owned()
+}
+
+/// One statement of a settlement.
+pub(crate) enum Change {
+    Update(UpdateStatement),
+    Delete(DeleteStatement),
+}
+
 /// The row statements of a settlement at `now`, one per kind of outcome,
-/// but for the dead letters `deferred` says wait for their key.
+/// but for the dead letters `deferred` says wait for their key. Published
+/// records are marked (`history`) or deleted.
 pub(crate) fn settlement(
     n: &Names,
     owner: &str,
     now: DateTime<Utc>,
     settlement: &Settlement,
+    history: bool,
     deferred: impl Fn(i64) -> bool,
-) -> Vec<UpdateStatement> {
+) -> Vec<Change> {
     let mut statements = Vec::new();
     for chunk in settlement.published.chunks(IDS_PER_STATEMENT) {
+        if !history {
+            statements.push(Change::Delete(delete_published(n, owner, chunk)));
+            continue;
+        }
         let mut update = leased_update(n, owner, now, chunk.iter().copied());
         update
             .value(Column::Status, Status::Published.as_str())
             .value(Column::PublishedAt, now);
-        statements.push(update);
+        statements.push(Change::Update(update));
     }
     for chunk in settlement.retries.chunks(CASES_PER_STATEMENT) {
         let mut update = failed_attempt(n, owner, now, chunk.iter().map(|r| r.id));
@@ -136,7 +161,7 @@ pub(crate) fn settlement(
                 Column::AvailableAt,
                 case_by_id(chunk, |r| r.id, |r| crate::clock::later(now, r.delay)),
             );
-        statements.push(update);
+        statements.push(Change::Update(update));
     }
     let dead: Vec<&DeadLetter> = settlement
         .dead
@@ -151,12 +176,12 @@ pub(crate) fn settlement(
                 case_by_id(chunk, |d| d.id, |d| d.error.clone()),
             )
             .value(Column::Status, Status::Dead.as_str());
-        statements.push(update);
+        statements.push(Change::Update(update));
     }
     for chunk in settlement.released.chunks(IDS_PER_STATEMENT) {
         let mut update = leased_update(n, owner, now, chunk.iter().copied());
         update.value(Column::AvailableAt, now);
-        statements.push(update);
+        statements.push(Change::Update(update));
     }
     statements
 }
@@ -404,9 +429,12 @@ mod tests {
         };
         let tables = outbox_migration::Tables::default();
         let pg = super::super::dialect(DbBackend::Postgres, &tables);
-        let statements = settlement(pg.names(), "relay-1#1", now, &settled, |_| false);
+        let statements = settlement(pg.names(), "relay-1#1", now, &settled, true, |_| false);
         assert_eq!(statements.len(), 2);
-        let sql = |backend: DbBackend, statement: &UpdateStatement| backend.build(statement).sql;
+        let sql = |backend: DbBackend, statement: &Change| match statement {
+            Change::Update(update) => backend.build(update).sql,
+            Change::Delete(delete) => backend.build(delete).sql,
+        };
         assert_eq!(
             sql(DbBackend::Postgres, &statements[0]),
             r#"UPDATE "outbox" SET "locked_by" = $1, "locked_until" = $2, "updated_at" = $3, "status" = $4, "published_at" = $5 WHERE "status" = $6 AND "locked_by" = $7 AND "id" IN ($8, $9, $10)"#
@@ -419,15 +447,23 @@ mod tests {
              `available_at` = (CASE WHEN (`id` = ?) THEN ? WHEN (`id` = ?) THEN ? END) \
              WHERE `status` = ? AND `locked_by` = ? AND `id` IN (?, ?)"
         );
+        // Without a history, the published records are deleted, under the
+        // same guard.
+        let statements = settlement(pg.names(), "relay-1#1", now, &settled, false, |_| false);
+        assert_eq!(
+            sql(DbBackend::Postgres, &statements[0]),
+            r#"DELETE FROM "outbox" WHERE "status" = $1 AND "locked_by" = $2 AND "id" IN ($3, $4, $5)"#
+        );
+        assert!(matches!(statements[1], Change::Update(_)));
         let named = outbox_migration::Tables::prefixed("billing_")
             .unwrap()
             .schema("accounts")
             .unwrap();
         let pg = super::super::dialect(DbBackend::Postgres, &named);
-        let statements = settlement(pg.names(), "relay-1#1", now, &settled, |_| false);
+        let statements = settlement(pg.names(), "relay-1#1", now, &settled, false, |_| false);
         assert!(
             sql(DbBackend::Postgres, &statements[0])
-                .starts_with(r#"UPDATE "accounts"."billing_outbox" SET"#),
+                .starts_with(r#"DELETE FROM "accounts"."billing_outbox" WHERE"#),
             "{}",
             sql(DbBackend::Postgres, &statements[0])
         );

@@ -40,12 +40,14 @@ impl Dialect for Sqlite {
         (Utc::now() + after).into()
     }
 
-    fn ready_keys(&self, now: DateTime<Utc>, limit: i64) -> Statement {
+    fn ready_keys(&self, now: DateTime<Utc>, limit: i64, except: &[String]) -> Statement {
         let mut b = self.binds();
-        let (now, limit) = (b.bind(now), b.bind(limit));
+        let now = b.bind(now);
+        let except = self.except_keys(&mut b, except);
+        let limit = b.bind(limit);
         b.statement(format!(
             "SELECT partition_key FROM {keys}
-WHERE next_at <= {now}
+WHERE next_at <= {now}{except}
 ORDER BY next_at
 LIMIT {limit}",
             keys = self.names().keys

@@ -87,7 +87,7 @@ fn the_dialects_differ_in_locks_hints_and_branches() {
         dialect(DbBackend::Sqlite, &tables),
     );
     let after = [("k1".to_owned(), 0), ("k2".to_owned(), 0)];
-    let ready = pg.ready_keys(now, 100).sql;
+    let ready = pg.ready_keys(now, 100, &[]).sql;
     assert!(
         ready.ends_with("LIMIT $2\nFOR UPDATE SKIP LOCKED"),
         "{ready}"
@@ -101,7 +101,7 @@ fn the_dialects_differ_in_locks_hints_and_branches() {
         unkeyed.ends_with("LIMIT ?\nFOR UPDATE SKIP LOCKED"),
         "{unkeyed}"
     );
-    let ready = lite.ready_keys(now, 100).sql;
+    let ready = lite.ready_keys(now, 100, &[]).sql;
     assert!(ready.ends_with("LIMIT ?"), "{ready}");
     assert!(!lite.unkeyed(now, 1).sql.contains("FOR UPDATE"));
     assert!(
@@ -138,7 +138,9 @@ fn the_dialects_differ_in_locks_hints_and_branches() {
         "{upsert}"
     );
     let schema = Tables::default().schema("accounts").unwrap();
-    let ready = dialect(DbBackend::Postgres, &schema).ready_keys(now, 1).sql;
+    let ready = dialect(DbBackend::Postgres, &schema)
+        .ready_keys(now, 1, &[])
+        .sql;
     assert!(
         ready.contains("FROM \"accounts\".\"outbox_keys\""),
         "{ready}"

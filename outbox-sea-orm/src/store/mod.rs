@@ -4,6 +4,7 @@
 mod admin;
 mod claim;
 mod connect;
+mod reclaim;
 mod settle;
 
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub struct SeaOrmStore {
     offset: Arc<AtomicI64>,
     /// Keys a settlement passed over while a writer held them.
     stale: settle::StaleKeys,
+    /// Whether published records stay in the table, marked.
+    history: bool,
+    /// Space reclaimed by the relay's housekeeping (PostgreSQL's `VACUUM`).
+    reclaim: reclaim::Reclaim,
 }
 
 impl SeaOrmStore {
@@ -64,7 +69,46 @@ impl SeaOrmStore {
             db,
             offset: Arc::default(),
             stale: settle::StaleKeys::default(),
+            history: false,
+            reclaim: reclaim::Reclaim::default(),
         }
+    }
+
+    /// Keeps published records in the table, marked `published` with the
+    /// time, as a history that [`find`](OutboxAdmin::find), the counts
+    /// and audits read, until a purge deletes them: the relay's
+    /// `retain_published`, or `outbox purge`. Each event then costs the
+    /// database a second row version and its index entries, and a purge.
+    ///
+    /// By default a settlement deletes the records it publishes: the table
+    /// holds only the records still to publish and the dead letters, and
+    /// the published events are in the broker.
+    #[must_use]
+    pub fn keep_published(mut self) -> Self {
+        self.history = true;
+        self
+    }
+
+    /// Whether published records stay in the table
+    /// ([`keep_published`](Self::keep_published)).
+    pub fn keeps_published(&self) -> bool {
+        self.history
+    }
+
+    /// Whether the relay's housekeeping ([`OutboxStore::housekeep`]) vacuums
+    /// the outbox tables on PostgreSQL, once 1,000 rows were settled since
+    /// the last time (see the store's docs). Default: on. Turn it off where
+    /// autovacuum keeps up with the tables. It needs the relay's role to
+    /// own them; when it does not, the relay says so once and leaves them to
+    /// autovacuum.
+    #[must_use]
+    pub fn vacuum(self, on: bool) -> Self {
+        self.reclaim.set(on);
+        self
+    }
+
+    pub(crate) fn settled_rows(&self, rows: u64) {
+        self.reclaim.settled(rows);
     }
 
     /// The store on the tables named in `tables` (by default `outbox`,
@@ -295,6 +339,11 @@ impl OutboxStore for SeaOrmStore {
         Ok(settle::settle(self, owner, settlement).await?)
     }
 
+    async fn housekeep(&self) -> Result<(), StoreError> {
+        reclaim::housekeep(self).await?;
+        Ok(())
+    }
+
     async fn renew(
         &self,
         owner: &str,
@@ -358,6 +407,10 @@ impl OutboxAdmin for SeaOrmStore {
 #[cfg(feature = "testkit")]
 #[async_trait]
 impl outbox_engine::testkit::TestStore for SeaOrmStore {
+    fn keeps_published(&self) -> bool {
+        self.history
+    }
+
     fn advance_clock(&self, by: std::time::Duration) {
         let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
         self.offset.fetch_add(micros, Ordering::Relaxed);

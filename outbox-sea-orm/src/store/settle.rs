@@ -106,6 +106,7 @@ pub(super) async fn settle(
     }
     let offset = store.clock_offset();
     let sql = store.sql();
+    let history = store.keeps_published();
     let (settled, busy) = store
         .retrying(|| {
             store.transaction("settle outbox records", async |txn| {
@@ -139,11 +140,16 @@ pub(super) async fn settle(
                     .map(|dead| dead.id)
                     .collect();
                 let mut changed = 0;
-                let statements = rows::settlement(sql.names(), owner, now, settlement, |id| {
-                    deferred.contains(&id)
-                });
+                let statements =
+                    rows::settlement(sql.names(), owner, now, settlement, history, |id| {
+                        deferred.contains(&id)
+                    });
                 for statement in statements {
-                    changed += txn.execute(&statement).await?.rows_affected();
+                    changed += match statement {
+                        rows::Change::Update(update) => txn.execute(&update).await?,
+                        rows::Change::Delete(delete) => txn.execute(&delete).await?,
+                    }
+                    .rows_affected();
                 }
                 for dead in settlement
                     .dead
@@ -154,6 +160,15 @@ pub(super) async fn settle(
                 }
                 let locked: Vec<String> = locked.into_iter().collect();
                 refresh(txn, sql, &locked).await?;
+                // A key left with nothing pending (and no dead record
+                // holding it) goes: the keys' table holds the keys that
+                // have work, whatever the number of keys ever used
+                // (not on MySQL: see `Dialect::deletes_idle_keys`).
+                if sql.deletes_idle_keys() {
+                    for chunk in locked.chunks(IDS_PER_STATEMENT) {
+                        txn.execute_raw(sql.delete_keys(chunk)).await?;
+                    }
+                }
                 let mut deferred: Vec<i64> = deferred.into_iter().collect();
                 deferred.sort_unstable();
                 Ok::<_, TxError>((Settled { changed, deferred }, busy))
@@ -161,6 +176,7 @@ pub(super) async fn settle(
         })
         .await?;
     store.stale_keys().add(busy);
+    store.settled_rows(settled.changed);
     Ok(settled)
 }
 

@@ -53,6 +53,13 @@ pub trait TestStore: OutboxStore + OutboxAdmin + Clone + 'static {
     /// availability follow) forward by `by`, for this store and its clones.
     fn advance_clock(&self, by: Duration);
 
+    /// Whether published records stay in the store, marked, until a purge
+    /// (a published history), or are deleted as they are published. The
+    /// cases expect `published` counts, `find` and purges accordingly.
+    fn keeps_published(&self) -> bool {
+        true
+    }
+
     /// Begins a writer's transaction that enqueues `records` and stays
     /// open, holding their keys as a business transaction does, until
     /// [`OpenTransaction::commit`]; dropping it rolls back. `None` for a
@@ -93,6 +100,12 @@ impl TestStore for InMemoryStore {
     ) -> Result<Option<Box<dyn OpenTransaction>>, StoreError> {
         Ok(Some(Box::new(self.begin(records).await)))
     }
+}
+
+/// `n` published records, as the store counts them: `n` where it keeps
+/// a published history, none where publishing deletes them.
+pub(crate) fn kept<S: TestStore>(store: &S, n: u64) -> u64 {
+    if store.keeps_published() { n } else { 0 }
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling
