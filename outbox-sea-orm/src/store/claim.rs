@@ -49,6 +49,8 @@ const KEYS_PER_STATEMENT: usize = 200;
 /// Rounds of reading keys' records: the first shares the batch evenly,
 /// the later ones give what is left to keys that have more.
 const ROUNDS: usize = 3;
+/// Records a claim aims to take of each key it reads first.
+const KEY_DEPTH: usize = 4;
 /// Stale keys (see `settle`) a claim refreshes first, at most.
 const STALE_KEYS_PER_CLAIM: usize = 1_000;
 
@@ -137,13 +139,19 @@ pub(super) async fn claim(
                         .collect()
                 };
 
-                let keys: Vec<String> = txn
-                    .query_all_raw(sql.ready_keys(now, count(limit)))
-                    .await?
-                    .iter()
-                    .map(|row| row.try_get("", "partition_key"))
-                    .collect::<Result<_, _>>()?;
-                let keyed = first_records(txn, sql, &keys, now, limit).await?;
+                // Deep keys first: a quarter as many keys as records, a
+                // few records each, so the keys' bookkeeping (their lock,
+                // lease and refresh) is shared by several records; then,
+                // when those keys had fewer, more keys for the rest.
+                let deep = limit.div_ceil(KEY_DEPTH);
+                let mut keys = ready_keys(txn, sql, now, deep, &[]).await?;
+                let mut keyed = first_records(txn, sql, &keys, now, limit).await?;
+                if keys.len() == deep && keyed.len() < limit {
+                    let budget = limit - keyed.len();
+                    let more = ready_keys(txn, sql, now, budget, &keys).await?;
+                    keyed.extend(first_records(txn, sql, &more, now, budget).await?);
+                    keys.extend(more);
+                }
                 let loose = txn.query_all_raw(sql.unkeyed(now, count(limit))).await?;
 
                 // The lowest ids of both; a cut keeps a prefix of every key.
@@ -259,6 +267,22 @@ pub(super) async fn claim(
             Err(error)
         }
     }
+}
+
+/// Up to `limit` keys whose first pending record can be claimed, but for
+/// `except`, locked.
+async fn ready_keys(
+    txn: &DatabaseTransaction,
+    sql: &dyn Dialect,
+    now: DateTime<Utc>,
+    limit: usize,
+    except: &[String],
+) -> Result<Vec<String>, TxError> {
+    txn.query_all_raw(sql.ready_keys(now, count(limit), except))
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get("", "partition_key")?))
+        .collect()
 }
 
 /// The first available records of each key, at most `limit` in all,
