@@ -84,8 +84,11 @@ pub(crate) struct RelayArgs {
     /// A prefix put before every record's topic (such as `staging.`).
     #[arg(long, default_value = "", env = "OUTBOX_TOPIC_PREFIX")]
     topic_prefix: String,
-    /// How long to keep published records before purging them, or `off`.
-    #[arg(long, value_name = "PERIOD|off", default_value = "7d", value_parser = retention, env = "OUTBOX_RETAIN")]
+    /// How long to keep published records in the table, marked, before
+    /// purging them (a history for `outbox find` and audits), or `off` to
+    /// delete each record as it is published: the cheapest, and the
+    /// events are in the broker.
+    #[arg(long, value_name = "PERIOD|off", default_value = "off", value_parser = retention, env = "OUTBOX_RETAIN")]
     retain: Retention,
     /// A limit on failed attempts before a record goes to dead letters
     /// (default: retriable failures are retried forever).
@@ -140,7 +143,12 @@ pub(crate) enum Retention {
 
 fn retention(text: &str) -> Result<Retention, String> {
     match text.trim() {
-        "off" | "never" | "forever" => Ok(Retention::Off),
+        "off" | "none" | "0" => Ok(Retention::Off),
+        "never" | "forever" => Err(
+            "published records are kept for a bounded period, such as 7d, or not at all (off): \
+             a history kept forever grows without end"
+                .to_owned(),
+        ),
         other => db::period(other).map(Retention::Keep),
     }
 }
@@ -199,6 +207,10 @@ pub(crate) async fn run(
         }
     };
     let (store, sink, described) = started;
+    let store = match args.retain {
+        Retention::Keep(_) => store.keep_published(),
+        Retention::Off => store,
+    };
 
     let relay_id = args.relay_id.clone().unwrap_or_else(default_relay_id);
     let mut builder = Relay::builder(store.clone(), sink)
