@@ -30,10 +30,19 @@ fn bench_runs_tiny_scenarios_and_prints_one_json_object_per_run() {
         [
             ("drain", "outbox"),
             ("drain", "seed"),
+            ("drain", "floor"),
+            ("drain", "floor-db"),
             ("enqueue", "none"),
             ("memory", "outbox")
         ],
         "{stderr}"
+    );
+    assert!(
+        runs[0]["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("statements per event")),
+        "the relay's run says what each event cost: {}",
+        runs[0]
     );
     for run in &runs {
         for field in [
@@ -50,6 +59,6 @@ fn bench_runs_tiny_scenarios_and_prints_one_json_object_per_run() {
         assert_eq!(run["backend"], "sqlite");
         assert_eq!(run["events"], 50);
     }
-    assert!(runs[2]["per_event_ms"].is_number());
-    assert!(runs[3]["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert!(runs[4]["per_event_ms"].is_number());
+    assert!(runs[5]["peak_rss_mb"].as_f64().unwrap() > 0.0);
 }

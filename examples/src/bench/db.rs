@@ -137,6 +137,15 @@ impl BenchDb {
             .map_err(|e| format!("{e}: {sql}"))
     }
 
+    /// Writes every changed page out (PostgreSQL's `CHECKPOINT`; nothing
+    /// elsewhere).
+    pub(crate) async fn checkpoint(&self) -> Result<(), String> {
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => self.execute("CHECKPOINT").await,
+            _ => Ok(()),
+        }
+    }
+
     /// Updates the planner's statistics, as autovacuum would after a load.
     pub(crate) async fn analyze(&self) -> Result<(), String> {
         match self.db.get_database_backend() {
@@ -144,6 +153,78 @@ impl BenchDb {
             DbBackend::MySql => self.execute("ANALYZE TABLE outbox, outbox_keys").await,
             _ => self.execute("ANALYZE").await,
         }
+    }
+
+    /// The outbox tables' size on disk, in bytes, with their indexes: the
+    /// two tables on PostgreSQL (`pg_total_relation_size`), InnoDB's
+    /// figures on MySQL/MariaDB (data, indexes and free room; refreshed
+    /// by `ANALYZE`), the whole file on SQLite.
+    pub(crate) async fn size(&self) -> Result<u64, String> {
+        let sql = match self.db.get_database_backend() {
+            DbBackend::Postgres => concat!(
+                "SELECT CAST(pg_total_relation_size('outbox') ",
+                "+ pg_total_relation_size('outbox_keys') AS BIGINT) AS bytes"
+            ),
+            DbBackend::MySql => concat!(
+                "SELECT CAST(SUM(data_length + index_length + data_free) AS SIGNED) AS bytes ",
+                "FROM information_schema.tables ",
+                "WHERE table_schema = DATABASE() AND table_name IN ('outbox', 'outbox_keys')"
+            ),
+            _ => {
+                "SELECT page_count * page_size AS bytes FROM pragma_page_count(), pragma_page_size()"
+            }
+        };
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                sql,
+            ))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no size")?;
+        let bytes: i64 = row.try_get("", "bytes").map_err(|e| e.to_string())?;
+        Ok(bytes.max(0) as u64)
+    }
+
+    /// PostgreSQL's count of row versions the outbox tables have seen
+    /// (`pg_stat_user_tables`), after the statistics of the transactions
+    /// done so far are in; `None` elsewhere.
+    pub(crate) async fn row_versions(&self) -> Result<Option<RowVersions>, String> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(None);
+        }
+        // Backends report their counts at most once a second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        self.execute("SELECT pg_stat_clear_snapshot()").await?;
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                concat!(
+                    "SELECT CAST(SUM(n_tup_ins) AS BIGINT) AS inserted, ",
+                    "CAST(SUM(n_tup_upd) AS BIGINT) AS updated, ",
+                    "CAST(SUM(n_tup_hot_upd) AS BIGINT) AS hot, ",
+                    "CAST(SUM(n_tup_del) AS BIGINT) AS deleted, ",
+                    "(SELECT CAST(xact_commit AS BIGINT) FROM pg_stat_database ",
+                    "WHERE datname = current_database()) AS commits ",
+                    "FROM pg_stat_user_tables WHERE relname IN ('outbox', 'outbox_keys')"
+                ),
+            ))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no statistics")?;
+        let get = |column: &str| -> Result<u64, String> {
+            let n: i64 = row.try_get("", column).map_err(|e| e.to_string())?;
+            Ok(n.max(0) as u64)
+        };
+        Ok(Some(RowVersions {
+            inserted: get("inserted")?,
+            updated: get("updated")?,
+            hot: get("hot")?,
+            deleted: get("deleted")?,
+            commits: get("commits")?,
+        }))
     }
 
     /// Records of each status: `(pending, published)`.
@@ -181,5 +262,37 @@ impl BenchDb {
         if let Some(dir) = self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Row versions written to the outbox tables (PostgreSQL's statistics):
+/// inserted, updated (of which HOT: no new index entry), deleted; and the
+/// database's commits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RowVersions {
+    pub(crate) inserted: u64,
+    pub(crate) updated: u64,
+    pub(crate) hot: u64,
+    pub(crate) deleted: u64,
+    /// Transactions committed in the database.
+    pub(crate) commits: u64,
+}
+
+impl RowVersions {
+    /// Per event, from `before` to `self`, in words.
+    pub(crate) fn per_event(&self, before: &RowVersions, events: u64) -> String {
+        let per = |after: u64, before: u64| (after - before) as f64 / events.max(1) as f64;
+        let (ins, upd, hot, del) = (
+            per(self.inserted, before.inserted),
+            per(self.updated, before.updated),
+            per(self.hot, before.hot),
+            per(self.deleted, before.deleted),
+        );
+        format!(
+            "{:.2} row versions per event: {ins:.2} inserted, {upd:.2} updated ({hot:.2} HOT), \
+             {del:.2} deleted; {:.1} commits per 1,000 events",
+            ins + upd + del,
+            1000.0 * per(self.commits, before.commits)
+        )
     }
 }

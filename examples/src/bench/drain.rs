@@ -1,14 +1,22 @@
 //! `drain` and `hot-keys`: a backlog of pending events drained by one
 //! relay with the default settings, and, on the same data and broker, by
-//! the seed article's reader. Also the helper every scenario that drains
-//! uses: run relays until every record is published.
+//! the seed article's reader and by the floor: a loop that does only the
+//! unavoidable work, each record read and removed once (one `DELETE ...
+//! RETURNING` per 500) and sent once, two steps in flight at most; and by
+//! the database's part of the floor alone (`floor-db`). For the relay it also says what each event cost: its
+//! statements, and on PostgreSQL its row versions (`pg_stat_user_tables`),
+//! from the load to the end of the drain. Also the helper every scenario
+//! that drains uses: run relays until every record is published.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use outbox_engine::{Relay, Sink, error_chain};
 use outbox_rdkafka::KafkaSink;
 use outbox_sea_orm::SeaOrmStore;
+use rdkafka::producer::FutureRecord;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use super::db::{self, BenchDb};
 use super::report::Figures;
@@ -35,27 +43,78 @@ pub(crate) async fn run(
 ) -> Result<Vec<Figures>, String> {
     let events = bench.events(100_000, 1_000);
     let mut figures = Vec::new();
-    for relay in ["outbox", "seed"] {
+    for relay in ["outbox", "seed", "floor", "floor-db"] {
         let topic = bench.broker.new_topic(scenario).await?;
         let run = async |db: &BenchDb| {
+            let before = db.row_versions().await?;
+            // Every run starts a checkpoint cycle with its load: one that
+            // fell inside one run and not another would cost that run its
+            // full-page images in the WAL.
+            db.checkpoint().await?;
             load::enqueue_events(db, &topic, events, keys).await?;
-            let elapsed = match relay {
+            let statements = Arc::new(AtomicU64::new(0));
+            let (elapsed, store) = match relay {
                 "outbox" => {
-                    let relay = Relay::builder(SeaOrmStore::new(db.db.clone()), sink(bench)?)
+                    let mut counted = db.db.clone();
+                    let count = statements.clone();
+                    let profile = PROFILE.clone();
+                    counted.set_metric_callback(move |info| {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        if std::env::var("BENCH_STATEMENTS").is_ok() {
+                            let sql = info.statement.sql.split_whitespace().collect::<Vec<_>>();
+                            let key: String = sql.join(" ").chars().take(90).collect();
+                            let mut profile = profile.lock().unwrap_or_else(|e| e.into_inner());
+                            let entry = profile.entry(key).or_insert((0, Duration::ZERO));
+                            entry.0 += 1;
+                            entry.1 += info.elapsed;
+                        }
+                    });
+                    let store = bench.store(counted);
+                    let relay = Relay::builder(store.clone(), sink(bench)?)
                         .build()
                         .map_err(|e| error_chain(&e))?;
-                    drain(db, &[relay], events).await?
+                    (drain(db, &[relay], events).await?, Some(store))
                 }
-                _ => drain_seed(bench, db, events).await?,
+                "seed" => (drain_seed(bench, db, events).await?, None),
+                "floor" => (floor(bench, db, events, true).await?, None),
+                _ => (floor(bench, db, events, false).await?, None),
             };
-            Ok(Figures::throughput(
+            let mut figures = Figures::throughput(
                 scenario,
                 db.label(),
                 bench.broker.label(),
                 relay,
                 (events, keys, 1),
                 elapsed,
-            ))
+            );
+            if std::env::var("BENCH_STATEMENTS").is_ok() {
+                let mut profile: Vec<_> = PROFILE
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain()
+                    .collect();
+                profile.sort_by_key(|(_, (_, spent))| std::cmp::Reverse(*spent));
+                for (sql, (runs, spent)) in profile.iter().take(12) {
+                    eprintln!(
+                        "  {:>8.1} ms {runs:>6} x  {sql}",
+                        spent.as_secs_f64() * 1000.0
+                    );
+                }
+            }
+            if let Some(store) = store {
+                let mut note = format!(
+                    "{:.2} statements per event by the relay",
+                    statements.load(Ordering::Relaxed) as f64 / events as f64
+                );
+                if let (Some(before), Some(after)) = (before, db.row_versions().await?) {
+                    note.push_str(&format!("; {}", after.per_event(&before, events)));
+                }
+                if store.keeps_published() {
+                    note.push_str("; published history kept");
+                }
+                figures.note = Some(note);
+            }
+            Ok(figures)
         };
         let result = bench.with_database(url, pool(url), run).await;
         figures.push(result.map_err(|e| format!("{relay}: {e}"))?);
@@ -113,6 +172,84 @@ async fn drain_seed(bench: &Bench, db: &BenchDb, events: u64) -> Result<Duration
     let (ran, result) = tokio::join!(seed::run(&db.db, &producer, &published, &stop), watch);
     ran.map_err(|e| format!("the seed's reader failed: {e}"))?;
     result
+}
+
+/// With `BENCH_STATEMENTS` set: the relay's statements (their first 90
+/// characters), how often each ran and the time spent in it.
+type Profile = std::sync::Mutex<std::collections::HashMap<String, (u64, Duration)>>;
+static PROFILE: std::sync::LazyLock<Arc<Profile>> = std::sync::LazyLock::new(Default::default);
+
+/// Rows per step of the floor.
+const FLOOR_BATCH: u64 = 500;
+
+/// The floor: removes the oldest records `FLOOR_BATCH` at a time (one
+/// `DELETE ... RETURNING` each) until `events` are gone, and with `send`
+/// sends each, two steps' deliveries awaited at most at once, as the
+/// relay's default `max_in_flight`; no lease, no order under failure, no
+/// key bookkeeping. Without `send` (`floor-db`), what the database alone
+/// does.
+async fn floor(bench: &Bench, db: &BenchDb, events: u64, send: bool) -> Result<Duration, String> {
+    let producer = seed::producer(bench.broker.config())?;
+    let backend = db.db.get_database_backend();
+    let take = match backend {
+        DbBackend::MySql => format!(
+            "DELETE FROM outbox ORDER BY id LIMIT {FLOOR_BATCH} \
+             RETURNING id, topic, partition_key, payload"
+        ),
+        _ => format!(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT {FLOOR_BATCH}) \
+             RETURNING id, topic, partition_key, payload"
+        ),
+    };
+    let started = Instant::now();
+    let (mut taken, mut sent) = (0, 0);
+    let mut in_flight = std::collections::VecDeque::new();
+    while sent < events {
+        if taken < events && in_flight.len() < 2 {
+            let rows = db
+                .db
+                .query_all_raw(Statement::from_string(backend, take.clone()))
+                .await
+                .map_err(|e| format!("the floor's delete failed: {e}"))?;
+            if rows.is_empty() {
+                return Err(format!("the floor found {taken} records of {events}"));
+            }
+            taken += rows.len() as u64;
+            if !send {
+                sent = taken;
+                continue;
+            }
+            let mut deliveries = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let get = |e: sea_orm::DbErr| e.to_string();
+                let topic: String = row.try_get("", "topic").map_err(get)?;
+                let key: Option<String> = row.try_get("", "partition_key").map_err(get)?;
+                let payload: String = row.try_get("", "payload").map_err(get)?;
+                let mut record = FutureRecord::to(&topic).payload(&payload);
+                if let Some(key) = &key {
+                    record = record.key(key);
+                }
+                deliveries.push(
+                    producer
+                        .send_result(record)
+                        .map_err(|(e, _)| format!("cannot queue a message: {e}"))?,
+                );
+            }
+            in_flight.push_back(futures::future::join_all(deliveries));
+            continue;
+        }
+        let Some(oldest) = in_flight.pop_front() else {
+            break;
+        };
+        for delivery in oldest.await {
+            match delivery {
+                Ok(Ok(_)) => sent += 1,
+                Ok(Err((error, _))) => return Err(format!("the floor's send failed: {error}")),
+                Err(_) => return Err("the floor's producer went away".to_owned()),
+            }
+        }
+    }
+    Ok(started.elapsed())
 }
 
 /// Waits until `published()` (counted in this process, so waiting costs

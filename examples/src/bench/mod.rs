@@ -12,6 +12,7 @@ mod memory;
 mod report;
 mod scale;
 mod seed;
+mod soak;
 mod waits;
 
 use std::process::ExitCode;
@@ -24,7 +25,8 @@ pub(crate) use broker::serve_mock_cluster;
 /// A benchmark scenario; see the program's docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Scenario {
-    /// 100,000 pending events over 1,000 keys: the relay, then the seed's reader.
+    /// 100,000 pending events over 1,000 keys: the relay, the seed's reader,
+    /// the floor.
     Drain,
     /// The same over 10 keys.
     HotKeys,
@@ -42,6 +44,9 @@ pub(crate) enum Scenario {
     LongWriter,
     /// 200 healthy events/s beside 50 keys whose sends take 20 s to fail.
     SlowKeys,
+    /// 20 minutes at 2,000 events/s: claim times and table size each
+    /// minute (run only when named).
+    Soak,
 }
 
 impl Scenario {
@@ -56,6 +61,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::LongWriter => "long-writer",
             Scenario::SlowKeys => "slow-keys",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -81,6 +87,7 @@ impl Scenario {
             Scenario::Memory => memory::run(bench, url).await,
             Scenario::LongWriter => waits::long_writer(bench, url).await,
             Scenario::SlowKeys => waits::slow_keys(bench, url).await,
+            Scenario::Soak => soak::run(bench, url).await,
         }
     }
 }
@@ -95,6 +102,7 @@ pub(crate) struct Options {
     pub(crate) events: Option<u64>,
     pub(crate) seconds: Option<u64>,
     pub(crate) quick: bool,
+    pub(crate) keep_published: bool,
 }
 
 /// What every scenario is given.
@@ -103,10 +111,21 @@ pub(crate) struct Bench {
     quick: bool,
     events: Option<u64>,
     seconds: Option<u64>,
+    keep_published: bool,
     databases: AtomicU32,
 }
 
 impl Bench {
+    /// The store the relays of `drain`, `hot-keys` and `soak` use.
+    fn store(&self, db: sea_orm::DatabaseConnection) -> outbox_sea_orm::SeaOrmStore {
+        let store = outbox_sea_orm::SeaOrmStore::new(db);
+        if self.keep_published {
+            store.keep_published()
+        } else {
+            store
+        }
+    }
+
     /// The scenario's event count: `--events`, else `quick` with
     /// `--quick`, else `full`.
     fn events(&self, full: u64, quick: u64) -> u64 {
@@ -202,7 +221,12 @@ pub(crate) async fn run(options: Options) -> ExitCode {
         }
     }
     let scenarios = if options.scenarios.is_empty() {
-        Scenario::value_variants().to_vec()
+        // All but the soak, which runs for twenty minutes.
+        Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|scenario| *scenario != Scenario::Soak)
+            .collect()
     } else {
         options.scenarios
     };
@@ -211,6 +235,7 @@ pub(crate) async fn run(options: Options) -> ExitCode {
         quick: options.quick,
         events: options.events,
         seconds: options.seconds,
+        keep_published: options.keep_published,
         databases: AtomicU32::new(0),
     };
     let mut failed = 0;

@@ -6,7 +6,7 @@
 //! stderr. Run them on a release build:
 //!
 //! ```text
-//! cargo run --release -p outbox-examples --bin bench                        # every scenario
+//! cargo run --release -p outbox-examples --bin bench                        # every scenario but the soak
 //! cargo run --release -p outbox-examples --bin bench -- drain               # 100,000 events, 1,000 keys: relay vs the seed's reader
 //! cargo run --release -p outbox-examples --bin bench -- hot-keys            # the same over 10 keys
 //! cargo run --release -p outbox-examples --bin bench -- latency             # commit to ack at 20 and 1,000 commits/s: polling, wake-up, NOTIFY
@@ -16,6 +16,7 @@
 //! cargo run --release -p outbox-examples --bin bench -- memory              # peak RSS draining 1,000,000 events (PostgreSQL)
 //! cargo run --release -p outbox-examples --bin bench -- long-writer         # other writers while a transaction holds a key 8 s
 //! cargo run --release -p outbox-examples --bin bench -- slow-keys           # healthy load beside 50 keys whose sends take 20 s to fail
+//! cargo run --release -p outbox-examples --bin bench -- soak                # 20 minutes at 2,000 events/s: claim times and table size each minute
 //! cargo run -p outbox-examples --bin bench -- --quick                       # every scenario, small, in seconds each
 //! ```
 //!
@@ -24,8 +25,14 @@
 //!   default settings (`relay` `outbox`); then, on freshly loaded data and
 //!   the same broker, by the seed article's reader (`seed`): select 100
 //!   pending rows, send each with a `FutureProducer`, mark each published
-//!   with its own `UPDATE` when its delivery completes. Events per second
-//!   from the start to the last record marked published.
+//!   with its own `UPDATE` when its delivery completes; then by the floor
+//!   (`floor`): one `DELETE ... RETURNING` of the 500 oldest records, each
+//!   sent, two such steps in flight at most: each record read and removed
+//!   once, what no outbox can do without; and the database's part of it
+//!   alone (`floor-db`: the deletes, nothing sent). Events per second from the
+//!   start to the last record marked published. The relay's run notes its
+//!   statements per event and, on PostgreSQL, its row versions per event
+//!   (`pg_stat_user_tables`, from the load to the end of the drain).
 //! - `hot-keys`: the same over 10 keys.
 //! - `latency`: a writer commits a business row and one event at 20 and at
 //!   1,000 transactions a second for 30 s while one relay runs; p50 and p99
@@ -47,6 +54,11 @@
 //!   1,000,000 events written by the database itself; PostgreSQL unless
 //!   `--database-url` says otherwise.
 //! - `long-writer` and `slow-keys`: see `bench/waits.rs`.
+//! - `soak` (only when named): writers commit 2,000 events a second, one
+//!   transaction each, over 1,000 keys, for 20 minutes (`--seconds`) while
+//!   one relay publishes them; each minute, the rates, the backlog, the
+//!   relay's claim p50/p99 and the outbox tables' size on disk
+//!   (`pg_total_relation_size` on PostgreSQL).
 //!
 //! Options:
 //!
@@ -60,6 +72,11 @@
 //! - `--quick`: small sizes (1,000 to 20,000 events, 3 s per latency run),
 //!   so that every scenario finishes in seconds; `--events N` and `--seconds S` set the
 //!   sizes directly.
+//! - `BENCH_STATEMENTS=1` (environment): `drain` and `hot-keys` print the
+//!   relay's statements by the time spent in them.
+//! - `--keep-published`: in `drain`, `hot-keys` and `soak`, the relay's
+//!   store keeps a published history (`SeaOrmStore::keep_published`)
+//!   instead of deleting what it publishes.
 //!
 //! It exits non-zero when a run failed.
 
@@ -101,6 +118,10 @@ struct Args {
     /// Small sizes, to see that every scenario works.
     #[arg(long)]
     quick: bool,
+    /// The relays' store keeps a published history (marks published
+    /// records instead of deleting them), in `drain`, `hot-keys` and `soak`.
+    #[arg(long)]
+    keep_published: bool,
     /// Serve a mock cluster for the parent process (`broker::SERVE_FLAG`).
     #[arg(long = "serve-mock-cluster", hide = true)]
     serve_mock_cluster: bool,
@@ -127,6 +148,7 @@ async fn main() -> ExitCode {
         events: args.events,
         seconds: args.seconds,
         quick: args.quick,
+        keep_published: args.keep_published,
     })
     .await
 }
