@@ -135,7 +135,7 @@ async fn committed_events_reach_kafka_typed_and_in_order_per_key() {
         let report = relay.run_once().await.unwrap();
         let stats = store.stats(chrono::Utc::now()).await.unwrap();
         if report.claimed == 0 && stats.pending == 0 {
-            assert_eq!(stats.published as usize, expected_total);
+            assert_eq!(stats.published, 0, "publishing deleted every record");
             assert_eq!(stats.dead, 0);
             break;
         }
@@ -245,7 +245,7 @@ async fn a_broker_that_is_down_loses_nothing_and_marks_nothing_published() {
         .build()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while store.stats(chrono::Utc::now()).await.unwrap().published < 6 {
+    while store.stats(chrono::Utc::now()).await.unwrap().pending > 0 {
         assert!(
             Instant::now() < deadline,
             "not published after the broker came back"
@@ -329,7 +329,8 @@ async fn a_record_to_a_missing_topic_does_not_hold_up_the_rest_of_its_batch() {
         let relay = relay.clone();
         async move { relay.run_once().await }
     });
-    while store.stats(chrono::Utc::now()).await.unwrap().published < 20 {
+    // The 20 healthy records settled (deleted); the misrouted one waits.
+    while store.stats(chrono::Utc::now()).await.unwrap().pending > 1 {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "the healthy records were not marked while the missing topic's record waited"
