@@ -27,8 +27,10 @@
 //! be claimed. The claim reads this table instead of the records, so its
 //! cost does not grow with the records waiting behind blocked keys.
 //!
-//! A key whose records are all published stays as an idle row (no
-//! `next_at`) until housekeeping deletes it with the published records.
+//! A key left with nothing pending is deleted by the settlement that
+//! empties it (PostgreSQL, SQLite); on MySQL/MariaDB it stays as an idle
+//! row (no `next_at`) until housekeeping (`tidy`) deletes it (see
+//! [`Dialect::deletes_idle_keys`]).
 //!
 //! Writers lock the key's row; the relay never waits for one:
 //!

@@ -13,7 +13,10 @@
 //!    first, through the index on `next_at`, locked `FOR UPDATE SKIP
 //!    LOCKED` so that concurrent claimers (and writers enqueueing for the
 //!    key) never share a key. A key in backoff, leased by another claim,
-//!    delayed or held by a dead record is never read;
+//!    delayed or held by a dead record is never read. A claim first locks
+//!    a quarter as many keys as it may take records (`KEY_DEPTH`), so that
+//!    each key's lock, lease and refresh serve several records, and more
+//!    keys only when those had fewer records;
 //! 2. the **first pending records of each ready key**, a bounded number per
 //!    key through the `(partition_key, id)` index, fairly shared between
 //!    the keys (a round or two), each key's run cut at its first record
