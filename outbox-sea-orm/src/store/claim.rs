@@ -13,10 +13,10 @@
 //!    first, through the index on `next_at`, locked `FOR UPDATE SKIP
 //!    LOCKED` so that concurrent claimers (and writers enqueueing for the
 //!    key) never share a key. A key in backoff, leased by another claim,
-//!    delayed or held by a dead record is never read. A claim first locks
-//!    a quarter as many keys as it may take records (`KEY_DEPTH`), so that
-//!    each key's lock, lease and refresh serve several records, and more
-//!    keys only when those had fewer records;
+//!    delayed or held by a dead record is never read. A large claim first
+//!    locks a quarter as many keys as it may take records (`KEY_DEPTH`, at
+//!    least 100 keys), so that each key's lock, lease and refresh serve
+//!    several records, and more keys only when those had fewer records;
 //! 2. the **first pending records of each ready key**, a bounded number per
 //!    key through the `(partition_key, id)` index, fairly shared between
 //!    the keys (a round or two), each key's run cut at its first record
@@ -52,8 +52,17 @@ const KEYS_PER_STATEMENT: usize = 200;
 /// Rounds of reading keys' records: the first shares the batch evenly,
 /// the later ones give what is left to keys that have more.
 const ROUNDS: usize = 3;
-/// Records a claim aims to take of each key it reads first.
+/// Records a large claim aims to take of each key it reads first.
 const KEY_DEPTH: usize = 4;
+/// Keys a claim reads first, at least: a claim of up to this many records
+/// reads as many keys as records (one of each key, the oldest first).
+const SPREAD: usize = 100;
+
+/// Keys a claim of `limit` records locks first: `limit / KEY_DEPTH`, but
+/// not fewer than [`SPREAD`] (nor more than `limit`).
+fn first_keys(limit: usize) -> usize {
+    limit.div_ceil(KEY_DEPTH).max(SPREAD).min(limit)
+}
 /// Stale keys (see `settle`) a claim refreshes first, at most.
 const STALE_KEYS_PER_CLAIM: usize = 1_000;
 
@@ -146,7 +155,7 @@ pub(super) async fn claim(
                 // few records each, so the keys' bookkeeping (their lock,
                 // lease and refresh) is shared by several records; then,
                 // when those keys had fewer, more keys for the rest.
-                let deep = limit.div_ceil(KEY_DEPTH);
+                let deep = first_keys(limit);
                 let mut keys = ready_keys(txn, sql, now, deep, &[]).await?;
                 let mut keyed = first_records(txn, sql, &keys, now, limit).await?;
                 if keys.len() == deep && keyed.len() < limit {
