@@ -102,8 +102,10 @@ async fn housekeeping_keeps_the_tables_from_growing_without_autovacuum() {
     // Nothing published is left, and no key without work.
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM outbox").await, 0);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM outbox_keys").await, 0);
+    // The first rounds find the room their leases need; from then on the
+    // room is used again.
     assert!(
-        kept[3] <= kept[0] + kept[0] / 4,
+        kept[3] <= kept[1] + kept[1] / 10,
         "with housekeeping the room is used again: sizes {kept:?}"
     );
 
@@ -115,8 +117,8 @@ async fn housekeeping_keeps_the_tables_from_growing_without_autovacuum() {
     let store = other.store().vacuum(false);
     let grown = sizes_over_rounds(&store, &other, false).await;
     assert!(
-        grown[3] > grown[0] * 2,
-        "without housekeeping the tables grow: sizes {grown:?}"
+        grown[3] > grown[1] + grown[1] / 2 && grown[3] > kept[3] * 2,
+        "without housekeeping the tables grow: sizes {grown:?} (with it: {kept:?})"
     );
 }
 

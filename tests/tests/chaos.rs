@@ -642,7 +642,9 @@ async fn ids_commit_out_of_order(db: TestDb, order: CommitOrder, scenario: &str)
     let s = Scenario::new(db, 16).await;
     let (stop, stopped) = watch::channel(false);
     let sink = s.sink(Duration::from_secs(5));
-    let relays = spawn_relays(2, &s.store(), &sink, Duration::from_secs(5), &stopped);
+    // Keeping the published records, to read their ids afterwards.
+    let store = s.store().keep_published();
+    let relays = spawn_relays(2, &store, &sink, Duration::from_secs(5), &stopped);
     let plan = WriterPlan {
         writers: 6,
         transactions: Some(40),
@@ -657,7 +659,6 @@ async fn ids_commit_out_of_order(db: TestDb, order: CommitOrder, scenario: &str)
 
     // How often a commit returned after a later one's whose record has a
     // greater id: the ids committed out of order.
-    let store = s.store();
     let mut ids = Vec::new();
     for event_id in s.ledger.commit_sequence() {
         let record = store.find(RecordRef::EventId(event_id)).await.unwrap();

@@ -254,9 +254,7 @@ pub(super) async fn claim(
                     })
                     .cloned()
                     .collect();
-                for chunk in stale.chunks(IDS_PER_STATEMENT) {
-                    txn.execute_raw(sql.refresh_keys(chunk)).await?;
-                }
+                super::settle::refresh(txn, sql, &stale).await?;
                 if !bad.is_empty() {
                     tracing::error!(
                         dead = bad.len(),

@@ -64,12 +64,14 @@ pub struct SeaOrmStore {
 impl SeaOrmStore {
     /// A store over an existing connection pool.
     pub fn new(db: DatabaseConnection) -> Self {
+        let backend = db.get_database_backend();
         Self {
-            sql: crate::sql::default_dialect(db.get_database_backend()),
+            sql: crate::sql::default_dialect(backend),
             db,
             offset: Arc::default(),
             stale: settle::StaleKeys::default(),
-            history: false,
+            // MySQL/MariaDB marks what it publishes: see `keep_published`.
+            history: backend == DbBackend::MySql,
             reclaim: reclaim::Reclaim::default(),
         }
     }
@@ -82,7 +84,12 @@ impl SeaOrmStore {
     ///
     /// By default a settlement deletes the records it publishes: the table
     /// holds only the records still to publish and the dead letters, and
-    /// the published events are in the broker.
+    /// the published events are in the broker. Not on MySQL/MariaDB, which
+    /// always keeps the history: there, deleting them made a writer of one
+    /// key wait for another key's open transaction (InnoDB's locks on the
+    /// index entries that follow a key's records), so give the relay a
+    /// retention (`retain_published`; `outbox relay` purges every minute
+    /// when `--retain` is off).
     #[must_use]
     pub fn keep_published(mut self) -> Self {
         self.history = true;
