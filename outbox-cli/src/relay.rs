@@ -219,14 +219,8 @@ pub(crate) async fn run(
         .lease(args.lease)
         .poll_interval(args.poll_interval)
         .report_backlog(args.backlog_interval);
-    match args.retain {
-        Retention::Keep(period) => builder = builder.retain_published(period),
-        // A store that keeps what it publishes all the same (MySQL/MariaDB)
-        // purges it at once.
-        Retention::Off if store.keeps_published() => {
-            builder = builder.retain_published(Duration::ZERO);
-        }
-        Retention::Off => {}
+    if let Retention::Keep(period) = args.retain {
+        builder = builder.retain_published(period);
     }
     if let Some(max) = args.max_attempts {
         builder = builder.max_attempts(max);

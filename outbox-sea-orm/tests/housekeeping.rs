@@ -3,9 +3,11 @@
 //! used again where autovacuum does not run (it is off on this server), and
 //! a vacuum interrupted in the middle loses nothing and publishes nothing
 //! twice. Deleting on publish: no published record is left behind, and
-//! the keys' table keeps only keys with work.
+//! the keys' table keeps only keys with work. On MariaDB, where settlements
+//! mark what they publish, the housekeeping purges it, and a history asked
+//! for stays.
 
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "mysql"))]
 
 mod common;
 
@@ -19,7 +21,7 @@ use outbox_engine::{
     ClaimRequest, InMemorySink, NewRecord, OutboxAdmin, OutboxStore, Relay, Settlement,
 };
 use outbox_sea_orm::SeaOrmStore;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 fn request(owner: &str, limit: usize) -> ClaimRequest {
     ClaimRequest {
@@ -297,4 +299,71 @@ async fn a_running_relay_vacuums_the_tables() {
     let ids: BTreeSet<_> = delivered.iter().map(|r| r.event_id).collect();
     assert_eq!(ids.len(), 3_000, "every event arrived");
     assert_eq!(delivered.len(), 3_000, "nothing published twice");
+}
+
+/// MariaDB: settlements mark, the housekeeping purges what they marked and
+/// the keys left idle, never waiting for a writer that holds a key; a store
+/// that keeps a history keeps it.
+#[tokio::test]
+async fn on_mariadb_housekeeping_purges_what_settlements_marked() {
+    let Some(db) = TestDb::new(Backend::MySql).await else {
+        return;
+    };
+    let count = async |sql: &str| -> i64 {
+        db.db
+            .query_one_raw(Statement::from_string(DbBackend::MySql, sql))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index(0)
+            .unwrap()
+    };
+    let history = db.store().keep_published();
+    let store = db.store();
+    assert!(store.keeps_published(), "a settlement marks on MariaDB");
+    publish_round(&store, 0, 300).await;
+    assert_eq!(
+        count("SELECT COUNT(*) FROM outbox WHERE status = 'published'").await,
+        300
+    );
+    history.housekeep().await.unwrap();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM outbox").await,
+        300,
+        "a history asked for stays"
+    );
+
+    // A writer holds key k0 open while the housekeeping runs: a writer of
+    // another key commits at once all the same, and once the first commits
+    // the housekeeping is done, its key spared.
+    let writer = db.db.begin().await.unwrap();
+    outbox_sea_orm::enqueue_records(&writer, &[record(Some("k0"), 1_000)])
+        .await
+        .unwrap();
+    let housekeeping = tokio::spawn({
+        let store = store.clone();
+        async move { store.housekeep().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        outbox_sea_orm::enqueue_records(&db.db, &[record(Some("k1"), 1_001)]),
+    )
+    .await
+    .expect("a writer of another key waited for the housekeeping")
+    .unwrap();
+    writer.commit().await.unwrap();
+    housekeeping.await.unwrap().unwrap();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM outbox").await,
+        2,
+        "only the pending ones"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM outbox_keys").await,
+        2,
+        "the idle keys went; the writers' stayed"
+    );
+    let claimed = store.claim(&request("r", 10)).await.unwrap();
+    assert_eq!(claimed.len(), 2, "the writers' records flow");
 }

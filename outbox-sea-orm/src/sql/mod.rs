@@ -541,6 +541,13 @@ ON CONFLICT DO NOTHING",
 
     // --- Housekeeping ------------------------------------------------------
 
+    /// Whether a settlement deletes the records it publishes (unless the
+    /// store keeps a history), rather than mark them for housekeeping to
+    /// purge.
+    fn deletes_published(&self) -> bool {
+        true
+    }
+
     /// Whether a settlement deletes the keys it leaves with nothing to do,
     /// so that the keys' table holds only keys with work.
     fn deletes_idle_keys(&self) -> bool {

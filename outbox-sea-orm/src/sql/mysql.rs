@@ -20,7 +20,15 @@ impl Dialect for MySql {
         &self.0
     }
 
-    /// No: a key left idle stays until housekeeping (`tidy`). A writer's
+    /// No: deleting them in the settlement made a writer of one key wait
+    /// for another key's open transaction (InnoDB's locks on index entries
+    /// beyond a key's own; `tests/never_wait.rs`). A settlement marks them,
+    /// and the relay's housekeeping purges them in batches of its own.
+    fn deletes_published(&self) -> bool {
+        false
+    }
+
+    /// No: a key left idle stays until housekeeping deletes it. A writer's
     /// upsert of an existing key takes InnoDB's next-key lock on it, which
     /// also covers the gap before it; a key deleted from that gap must be
     /// inserted again by its next writer, who then waits for the open

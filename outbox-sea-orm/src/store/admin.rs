@@ -210,6 +210,13 @@ pub(super) async fn purge_published_batch(
 /// transaction holds (a writer enqueueing for them) are passed over, never
 /// waited for.
 pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), Error> {
+    delete_idle_keys(store, batch_size).await?;
+    register_missing(store).await
+}
+
+/// Deletes the keys left idle, `batch_size` per transaction, passing over
+/// those a transaction holds.
+pub(super) async fn delete_idle_keys(store: &SeaOrmStore, batch_size: usize) -> Result<(), Error> {
     let sql = store.sql();
     let limit = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
     loop {
@@ -233,7 +240,13 @@ pub(super) async fn tidy(store: &SeaOrmStore, batch_size: usize) -> Result<(), E
             break;
         }
     }
-    let offset = store.clock_offset();
+    Ok(())
+}
+
+/// Registers the keys of pending records inserted without one; see
+/// [`tidy`].
+async fn register_missing(store: &SeaOrmStore) -> Result<(), Error> {
+    let (sql, offset) = (store.sql(), store.clock_offset());
     store
         .retrying(|| {
             store.transaction("register the keys of pending outbox records", async |txn| {

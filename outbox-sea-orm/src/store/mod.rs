@@ -70,8 +70,7 @@ impl SeaOrmStore {
             db,
             offset: Arc::default(),
             stale: settle::StaleKeys::default(),
-            // MySQL/MariaDB marks what it publishes: see `keep_published`.
-            history: backend == DbBackend::MySql,
+            history: false,
             reclaim: reclaim::Reclaim::default(),
         }
     }
@@ -84,22 +83,26 @@ impl SeaOrmStore {
     ///
     /// By default a settlement deletes the records it publishes: the table
     /// holds only the records still to publish and the dead letters, and
-    /// the published events are in the broker. Not on MySQL/MariaDB, which
-    /// always keeps the history: there, deleting them made a writer of one
-    /// key wait for another key's open transaction (InnoDB's locks on the
-    /// index entries that follow a key's records), so give the relay a
-    /// retention (`retain_published`; `outbox relay` purges every minute
-    /// when `--retain` is off).
+    /// the published events are in the broker. On MySQL/MariaDB the
+    /// settlement marks them all the same (see `Dialect::deletes_published`)
+    /// and, without a history, the relay's housekeeping purges them.
     #[must_use]
     pub fn keep_published(mut self) -> Self {
         self.history = true;
         self
     }
 
-    /// Whether published records stay in the table
-    /// ([`keep_published`](Self::keep_published)).
+    /// Whether a settlement leaves the records it publishes in the table,
+    /// marked: with [`keep_published`](Self::keep_published), and always on
+    /// MySQL/MariaDB, where the relay's housekeeping purges them instead.
     pub fn keeps_published(&self) -> bool {
-        self.history
+        self.history || !self.sql.deletes_published()
+    }
+
+    /// Whether the relay's housekeeping purges what settlements marked
+    /// published: on MySQL/MariaDB, unless a history was asked for.
+    pub(crate) fn purges_published(&self) -> bool {
+        !self.history && !self.sql.deletes_published()
     }
 
     /// Whether the relay's housekeeping ([`OutboxStore::housekeep`]) vacuums
@@ -415,7 +418,7 @@ impl OutboxAdmin for SeaOrmStore {
 #[async_trait]
 impl outbox_engine::testkit::TestStore for SeaOrmStore {
     fn keeps_published(&self) -> bool {
-        self.history
+        SeaOrmStore::keeps_published(self)
     }
 
     fn advance_clock(&self, by: std::time::Duration) {

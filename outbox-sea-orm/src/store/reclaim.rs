@@ -15,7 +15,10 @@
 //! visible to any transaction.
 //!
 //! MySQL/MariaDB (InnoDB's purge threads) and SQLite (its free pages) reuse
-//! the room by themselves: there, housekeeping does nothing.
+//! the room by themselves. But MySQL/MariaDB's settlements mark what they
+//! publish (`Dialect::deletes_published`): there, without a history, the
+//! housekeeping purges the published records, a batch per transaction, and
+//! the keys left idle, passing over any a writer holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -65,9 +68,41 @@ impl Reclaim {
     }
 }
 
+/// Published records a housekeeping purges at most, in batches of
+/// [`PURGE_BATCH`], so that it ends between two intervals.
+const MOST_PURGED: u64 = 50_000;
+const PURGE_BATCH: usize = 1_000;
+
+/// The store's housekeeping: the purge where settlements mark, the vacuum
+/// where the database needs one.
+pub(super) async fn housekeep(store: &SeaOrmStore) -> Result<(), Error> {
+    if store.purges_published() {
+        purge(store).await?;
+    }
+    vacuum(store).await?;
+    Ok(())
+}
+
+/// Deletes what settlements marked published (up to [`MOST_PURGED`]), then
+/// the keys left idle.
+async fn purge(store: &SeaOrmStore) -> Result<(), Error> {
+    // Whatever the clocks of this host and the database: everything
+    // published so far.
+    let before = chrono::Utc::now() + store.clock_offset() + chrono::TimeDelta::days(1);
+    let mut purged = 0;
+    while purged < MOST_PURGED {
+        let deleted = super::admin::purge_published_batch(store, before, PURGE_BATCH).await?;
+        purged += deleted;
+        if deleted < PURGE_BATCH as u64 {
+            break;
+        }
+    }
+    super::admin::delete_idle_keys(store, PURGE_BATCH).await
+}
+
 /// Vacuums the tables when it is on, allowed, and enough rows were settled
 /// since the last time; returns whether it did.
-pub(super) async fn housekeep(store: &SeaOrmStore) -> Result<bool, Error> {
+async fn vacuum(store: &SeaOrmStore) -> Result<bool, Error> {
     let state = &store.reclaim.0;
     let sql = store.sql();
     let Some(vacuum) = sql.vacuum() else {
