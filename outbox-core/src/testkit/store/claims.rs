@@ -108,6 +108,50 @@ pub async fn expired_lease_is_taken_over<S: TestStore>(store: S) {
     );
 }
 
+/// A large claim takes every available record up to its limit, a prefix
+/// of each key, whether its keys have one record each (a store that reads
+/// a few keys deep first must then read more keys) or many.
+pub async fn a_large_claim_takes_from_many_keys_and_from_deep_ones<S: TestStore>(store: S) {
+    let mut keys: Vec<(String, u32)> = (0..300).map(|n| (format!("one{n}"), n)).collect();
+    for n in 0..400 {
+        keys.push((format!("deep{}", n % 50), 300 + n));
+    }
+    let pairs: Vec<(&str, u32)> = keys.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    let stored = enqueue_keys(&store, &pairs).await;
+    let first = claim(&store, "a", 300).await;
+    assert_eq!(first.len(), 300, "the claim stopped short of its limit");
+    // Settled, so that the rest of the keys it touched is claimable.
+    assert_eq!(
+        store.mark_published("a", &ids(&first)).await.unwrap(),
+        300
+    );
+    let second = claim(&store, "b", 400).await;
+    assert_eq!(second.len(), 400, "the claim stopped short of its limit");
+    let mut all: Vec<i64> = ids(&first).into_iter().chain(ids(&second)).collect();
+    all.sort_unstable();
+    assert_eq!(all, ids(&stored), "every record once");
+    // Each claim took a prefix of what was left of each key it touched.
+    let of_key = |key: &str, records: &[OutboxRecord]| -> Vec<i64> {
+        records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key))
+            .map(|r| r.id)
+            .collect()
+    };
+    for (key, _) in &keys {
+        let all = of_key(key, &stored);
+        let (taken_first, mut taken_second) = (of_key(key, &first), of_key(key, &second));
+        assert_eq!(taken_first, all[..taken_first.len()], "not a prefix of {key}");
+        taken_second.sort_unstable();
+        assert_eq!(
+            taken_second,
+            all[taken_first.len()..],
+            "not the rest of {key}"
+        );
+    }
+    assert!(claim(&store, "c", 10).await.is_empty());
+}
+
 /// One claim takes, of each key, the earliest pending records: never a
 /// later record of a key without the earlier ones.
 pub async fn claims_take_a_prefix_of_each_key<S: TestStore>(store: S) {
