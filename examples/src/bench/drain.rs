@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use outbox_engine::{Relay, Sink, error_chain};
 use outbox_rdkafka::KafkaSink;
 use outbox_sea_orm::SeaOrmStore;
-use rdkafka::producer::FutureRecord;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use super::db::{self, BenchDb};
@@ -219,22 +218,10 @@ async fn floor(bench: &Bench, db: &BenchDb, events: u64, send: bool) -> Result<D
                 sent = taken;
                 continue;
             }
-            let mut deliveries = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let get = |e: sea_orm::DbErr| e.to_string();
-                let topic: String = row.try_get("", "topic").map_err(get)?;
-                let key: Option<String> = row.try_get("", "partition_key").map_err(get)?;
-                let payload: String = row.try_get("", "payload").map_err(get)?;
-                let mut record = FutureRecord::to(&topic).payload(&payload);
-                if let Some(key) = &key {
-                    record = record.key(key);
-                }
-                deliveries.push(
-                    producer
-                        .send_result(record)
-                        .map_err(|(e, _)| format!("cannot queue a message: {e}"))?,
-                );
-            }
+            let deliveries = rows
+                .iter()
+                .map(|row| seed::send(&producer, row))
+                .collect::<Result<Vec<_>, _>>()?;
             in_flight.push_back(futures::future::join_all(deliveries));
             continue;
         }

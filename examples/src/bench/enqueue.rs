@@ -39,6 +39,25 @@ pub(crate) async fn insert_order(db: &impl ConnectionTrait) -> Result<(), String
     .map_err(|e| e.to_string())
 }
 
+/// One business transaction: a business row and `record`, through
+/// `outbox`'s pool.
+pub(crate) async fn commit_order(
+    outbox: &outbox_sea_orm::Outbox,
+    record: outbox_engine::NewRecord,
+) -> Result<(), String> {
+    outbox
+        .transaction(|txn| {
+            Box::pin(async move {
+                insert_order(txn).await.map_err(std::io::Error::other)?;
+                outbox_sea_orm::enqueue_records(txn, std::slice::from_ref(&record))
+                    .await
+                    .map_err(|e| std::io::Error::other(outbox_engine::error_chain(&e)))
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Times `events` transactions (5,000, `--quick` 300) each way.
 pub(crate) async fn run(bench: &Bench, url: &str) -> Result<Vec<Figures>, String> {
     let events = bench.events(5_000, 300);

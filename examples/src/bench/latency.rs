@@ -19,7 +19,7 @@ use outbox_sea_orm::{Outbox, SeaOrmStore};
 use uuid::Uuid;
 
 use super::db::{BenchDb, ORDERS_TABLE};
-use super::enqueue::{KEYS, insert_order};
+use super::enqueue::{KEYS, commit_order};
 use super::load::BenchEvent;
 use super::report::Figures;
 use super::{Bench, Stop, drain};
@@ -189,17 +189,7 @@ async fn commit(
 ) -> Result<(), String> {
     let record = BenchEvent::record(seq, KEYS, topic);
     let id = record.event_id;
-    outbox
-        .transaction(|txn| {
-            Box::pin(async move {
-                insert_order(txn).await.map_err(std::io::Error::other)?;
-                outbox_sea_orm::enqueue_records(txn, std::slice::from_ref(&record))
-                    .await
-                    .map_err(|e| std::io::Error::other(error_chain(&e)))
-            })
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    commit_order(outbox, record).await?;
     latencies.committed(id, Instant::now());
     Ok(())
 }

@@ -29,6 +29,24 @@ pub(crate) fn producer(mut config: ClientConfig) -> Result<FutureProducer, Strin
         .map_err(|e| format!("cannot make the seed's producer: {e}"))
 }
 
+/// Sends a row read with its `topic`, `partition_key` and `payload`.
+pub(crate) fn send(
+    producer: &FutureProducer,
+    row: &sea_orm::QueryResult,
+) -> Result<rdkafka::producer::DeliveryFuture, String> {
+    let get = |e: sea_orm::DbErr| e.to_string();
+    let topic: String = row.try_get("", "topic").map_err(get)?;
+    let key: Option<String> = row.try_get("", "partition_key").map_err(get)?;
+    let payload: String = row.try_get("", "payload").map_err(get)?;
+    let mut record = FutureRecord::to(&topic).payload(&payload);
+    if let Some(key) = &key {
+        record = record.key(key);
+    }
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| format!("cannot queue a message: {e}"))
+}
+
 /// Runs the reader until `stop`, counting the rows it marked
 /// published in `published`.
 pub(crate) async fn run(
@@ -65,18 +83,8 @@ pub(crate) async fn run(
         }
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in rows {
-            let get = |e: sea_orm::DbErr| e.to_string();
-            let id: i64 = row.try_get("", "id").map_err(get)?;
-            let topic: String = row.try_get("", "topic").map_err(get)?;
-            let key: Option<String> = row.try_get("", "partition_key").map_err(get)?;
-            let payload: String = row.try_get("", "payload").map_err(get)?;
-            let mut record = FutureRecord::to(&topic).payload(&payload);
-            if let Some(key) = &key {
-                record = record.key(key);
-            }
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(e, _)| format!("cannot queue a message: {e}"))?;
+            let id: i64 = row.try_get("", "id").map_err(|e| e.to_string())?;
+            let delivery = send(producer, &row)?;
             // The delivery callback: mark this row published.
             deliveries.push(async move {
                 if let Ok(Ok(_)) = delivery.await {

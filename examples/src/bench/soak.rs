@@ -23,7 +23,7 @@ use outbox_engine::{
 use outbox_sea_orm::{Outbox, SeaOrmStore};
 
 use super::db::{BenchDb, ORDERS_TABLE};
-use super::enqueue::insert_order;
+use super::enqueue::commit_order;
 use super::load::BenchEvent;
 use super::report::{self, Figures};
 use super::{Bench, Stop, drain};
@@ -197,7 +197,7 @@ async fn write(
         while due > 0 && in_flight.len() < IN_FLIGHT {
             due -= 1;
             seq += 1;
-            in_flight.push(commit(outbox, BenchEvent::record(seq, KEYS, topic)));
+            in_flight.push(commit_order(outbox, BenchEvent::record(seq, KEYS, topic)));
         }
     }
     while let Some(result) = in_flight.next().await {
@@ -205,20 +205,6 @@ async fn write(
         committed.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
-}
-
-async fn commit(outbox: &Outbox, record: NewRecord) -> Result<(), String> {
-    outbox
-        .transaction(|txn| {
-            Box::pin(async move {
-                insert_order(txn).await.map_err(std::io::Error::other)?;
-                outbox_sea_orm::enqueue_records(txn, std::slice::from_ref(&record))
-                    .await
-                    .map_err(|e| std::io::Error::other(error_chain(&e)))
-            })
-        })
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// The store, with the time each claim took noted.
