@@ -21,7 +21,7 @@ use outbox_engine::{
     ClaimRequest, InMemorySink, NewRecord, OutboxAdmin, OutboxStore, Relay, Settlement,
 };
 use outbox_sea_orm::SeaOrmStore;
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
 fn request(owner: &str, limit: usize) -> ClaimRequest {
     ClaimRequest {
@@ -41,7 +41,7 @@ fn records(from: u64, count: u64) -> Vec<NewRecord> {
 
 async fn scalar(db: &TestDb, sql: &str) -> i64 {
     db.db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .query_one_raw(Statement::from_string(db.db_backend(), sql))
         .await
         .unwrap()
         .unwrap()
@@ -309,15 +309,7 @@ async fn on_mariadb_housekeeping_purges_what_settlements_marked() {
     let Some(db) = TestDb::new(Backend::MySql).await else {
         return;
     };
-    let count = async |sql: &str| -> i64 {
-        db.db
-            .query_one_raw(Statement::from_string(DbBackend::MySql, sql))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index(0)
-            .unwrap()
-    };
+    let count = async |sql: &str| scalar(&db, sql).await;
     let history = db.store().keep_published();
     let store = db.store();
     assert!(store.keeps_published(), "a settlement marks on MariaDB");

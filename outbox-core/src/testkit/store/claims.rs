@@ -108,6 +108,15 @@ pub async fn expired_lease_is_taken_over<S: TestStore>(store: S) {
     );
 }
 
+/// The ids of `records` of `key`, in their order.
+fn key_ids(key: &str, records: &[OutboxRecord]) -> Vec<i64> {
+    records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(key))
+        .map(|r| r.id)
+        .collect()
+}
+
 /// A large claim takes every available record up to its limit, a prefix
 /// of each key, whether its keys have one record each (a store that reads
 /// a few keys deep first must then read more keys) or many.
@@ -121,27 +130,21 @@ pub async fn a_large_claim_takes_from_many_keys_and_from_deep_ones<S: TestStore>
     let first = claim(&store, "a", 300).await;
     assert_eq!(first.len(), 300, "the claim stopped short of its limit");
     // Settled, so that the rest of the keys it touched is claimable.
-    assert_eq!(
-        store.mark_published("a", &ids(&first)).await.unwrap(),
-        300
-    );
+    assert_eq!(store.mark_published("a", &ids(&first)).await.unwrap(), 300);
     let second = claim(&store, "b", 400).await;
     assert_eq!(second.len(), 400, "the claim stopped short of its limit");
     let mut all: Vec<i64> = ids(&first).into_iter().chain(ids(&second)).collect();
     all.sort_unstable();
     assert_eq!(all, ids(&stored), "every record once");
     // Each claim took a prefix of what was left of each key it touched.
-    let of_key = |key: &str, records: &[OutboxRecord]| -> Vec<i64> {
-        records
-            .iter()
-            .filter(|r| r.key.as_deref() == Some(key))
-            .map(|r| r.id)
-            .collect()
-    };
     for (key, _) in &keys {
-        let all = of_key(key, &stored);
-        let (taken_first, mut taken_second) = (of_key(key, &first), of_key(key, &second));
-        assert_eq!(taken_first, all[..taken_first.len()], "not a prefix of {key}");
+        let all = key_ids(key, &stored);
+        let (taken_first, mut taken_second) = (key_ids(key, &first), key_ids(key, &second));
+        assert_eq!(
+            taken_first,
+            all[..taken_first.len()],
+            "not a prefix of {key}"
+        );
         taken_second.sort_unstable();
         assert_eq!(
             taken_second,
@@ -158,13 +161,6 @@ pub async fn claims_take_a_prefix_of_each_key<S: TestStore>(store: S) {
     let stored = enqueue_keys(&store, &[("k", 1), ("k", 2), ("l", 3), ("k", 4)]).await;
     let first = claim(&store, "a", 2).await;
     assert_eq!(first.len(), 2);
-    let key_ids = |key: &str, records: &[OutboxRecord]| -> Vec<i64> {
-        records
-            .iter()
-            .filter(|r| r.key.as_deref() == Some(key))
-            .map(|r| r.id)
-            .collect()
-    };
     for key in ["k", "l"] {
         let taken = key_ids(key, &first);
         let all = key_ids(key, &stored);

@@ -21,9 +21,10 @@ pub use self::admin::{
     stats_count_by_status, stats_count_by_topic_and_held_records,
 };
 pub use self::claims::{
-    a_large_claim_takes_from_many_keys_and_from_deep_ones, claims_only_available_records, claims_pending_records_in_id_order,
-    claims_take_a_prefix_of_each_key, concurrent_claimers_get_disjoint_records_in_key_order,
-    enqueue_keeps_every_field, expired_lease_is_taken_over, leased_records_are_not_claimed_again,
+    a_large_claim_takes_from_many_keys_and_from_deep_ones, claims_only_available_records,
+    claims_pending_records_in_id_order, claims_take_a_prefix_of_each_key,
+    concurrent_claimers_get_disjoint_records_in_key_order, enqueue_keeps_every_field,
+    expired_lease_is_taken_over, leased_records_are_not_claimed_again,
     renewing_extends_only_the_owners_leases,
 };
 pub use self::keys::{
